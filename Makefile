@@ -1,0 +1,49 @@
+# Tidebase for Django. `make run` serves everything; `make test` runs the whole suite.
+# With DATABASE_URL unset both use an embedded Postgres (pgserver) under .tidebase/.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 7373
+WEB_WORKERS ?= 2
+WEB_THREADS ?= 32
+export PORT
+
+.PHONY: help venv run migrate test test-fast lint typecheck bench stop clean
+
+help: ## Show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed ## Create the virtualenv and install pinned dependencies
+
+migrate: venv ## Apply database migrations
+	$(PY) manage.py migrate --noinput
+
+run: venv migrate ## Serve the API, admin and dashboard on $PORT (default 7373)
+	$(PY) manage.py tidebase_serve --port $(PORT) --workers $(WEB_WORKERS) --threads $(WEB_THREADS)
+
+test: venv ## Run the whole test suite (unit, API, concurrency probes, interop with the official client)
+	$(PY) manage.py makemigrations --check --dry-run
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv ## ruff check + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv ## mypy (strict) with django-stubs
+	DATABASE_URL=$${DATABASE_URL:-postgres://unused@127.0.0.1/unused} $(VENV)/bin/mypy config tidebase_core dashboard webhooks tidebase
+
+bench: venv ## Benchmark the hot paths against a live server; prints JSON
+	$(PY) scripts/bench.py
+
+stop: ## Stop the embedded Postgres started by run/test
+	-$(PY) -c "from config.embedded import stop; stop()"
+
+clean: stop ## Remove the virtualenv and local data
+	rm -rf $(VENV) .tidebase var

@@ -1,0 +1,155 @@
+"""Settings for the Tidebase server: everything comes from the environment.
+
+Every variable is documented in README.md ("Configuration").
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() not in {"0", "false", "no", "off"}
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw not in (None, "") else default
+
+
+def database_from_url(url: str) -> dict[str, Any]:
+    """Translate ``postgres://user:pass@host:port/db?host=/socket/dir`` into Django settings."""
+    parsed = urlparse(url)
+    if parsed.scheme not in {"postgres", "postgresql", "postgresql+psycopg"}:
+        raise ValueError(f"DATABASE_URL must be a postgres:// URL, got {parsed.scheme!r}")
+    query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+    host = query.pop("host", None) or (unquote(parsed.hostname) if parsed.hostname else "")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parsed.path.lstrip("/")) or "postgres",
+        "USER": unquote(parsed.username or "") or "postgres",
+        "PASSWORD": unquote(parsed.password or ""),
+        "HOST": host,
+        "PORT": str(parsed.port or ""),
+        "CONN_MAX_AGE": env_int("TIDEBASE_CONN_MAX_AGE", 600),
+        "CONN_HEALTH_CHECKS": True,
+        "OPTIONS": {
+            # Short statements and lock waits: a stuck request fails instead of piling up.
+            "options": "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout=60000".format(
+                env_int("TIDEBASE_STATEMENT_TIMEOUT_MS", 30000),
+                env_int("TIDEBASE_LOCK_TIMEOUT_MS", 10000),
+            ),
+            **query,
+        },
+        "TEST": {"NAME": os.environ.get("TIDEBASE_TEST_DATABASE_NAME") or None},
+    }
+
+
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+if not DATABASE_URL:
+    from config.embedded import embedded_database_url
+
+    DATABASE_URL = embedded_database_url()
+DATABASES = {"default": database_from_url(DATABASE_URL)}
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or "insecure-dev-key-set-DJANGO_SECRET_KEY-in-production"
+ALLOWED_HOSTS = [h.strip() for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "*").split(",") if h.strip()]
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+
+PORT = env_int("PORT", 7373)
+
+# --- Tidebase protocol settings (PROTOCOL.md §16) -----------------------------------------
+TIDEBASE_API_KEY = os.environ.get("TIDEBASE_API_KEY") or None
+TIDEBASE_LEASE_MS = env_int("TIDEBASE_LEASE_MS", 60000)
+TIDEBASE_WEBHOOK_SECRET = os.environ.get("TIDEBASE_WEBHOOK_SECRET") or None
+TIDEBASE_PUBLIC_URL = (os.environ.get("TIDEBASE_PUBLIC_URL") or f"http://localhost:{PORT}").removesuffix("/")
+TIDEBASE_CORS_ORIGIN = os.environ.get("TIDEBASE_CORS_ORIGIN") or "*"
+TIDEBASE_RECONCILE_MS = env_int("TIDEBASE_RECONCILE_MS", 5000)
+TIDEBASE_RECONCILER = env_bool("TIDEBASE_RECONCILER", True)
+TIDEBASE_AUTO_MIGRATE = env_bool("TIDEBASE_AUTO_MIGRATE", True)
+TIDEBASE_MAX_BODY_BYTES = env_int("TIDEBASE_MAX_BODY_BYTES", 64 * 1024 * 1024)
+"""Largest accepted request body. Multi-megabyte checkpoints are normal; above this → 413."""
+TIDEBASE_SSE_KEEPALIVE_S = float(os.environ.get("TIDEBASE_SSE_KEEPALIVE_S") or 15)
+TIDEBASE_GATE_WAIT_MAX_MS = env_int("TIDEBASE_GATE_WAIT_MAX_MS", 30000)
+TIDEBASE_API_KEY_CACHE_S = float(os.environ.get("TIDEBASE_API_KEY_CACHE_S") or 5)
+"""How long a verified app API key is trusted before it is looked up again (revocation delay)."""
+
+DATA_UPLOAD_MAX_MEMORY_SIZE = TIDEBASE_MAX_BODY_BYTES
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "tidebase_core",
+    "webhooks",
+    "dashboard",
+]
+
+MIDDLEWARE = [
+    # The API middleware answers protocol paths (auth, CORS, body limit) before the
+    # session/CSRF stack, which the wire protocol must never see (PROTOCOL.md §19.9).
+    "tidebase_core.middleware.ProtocolMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+APPEND_SLASH = False
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").is_dir() else []
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LOGIN_URL = "/admin/login/"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("TIDEBASE_LOG_LEVEL", "INFO")},
+}

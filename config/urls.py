@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
+from django.urls import include, path
+
+from config.api import api
+from tidebase_core.api.events import run_events
+from tidebase_core.middleware import is_protocol_path
+from tidebase_core.wire import json_response
+
+urlpatterns = [
+    path("runs/<str:run_id>/events", run_events, name="run-events"),
+    path("admin/", admin.site.urls),
+    path("dashboard/", include("dashboard.urls")),
+    path("", include("dashboard.root_urls")),
+    path("", api.urls),
+]
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if is_protocol_path(request.path_info):
+        return json_response({"error": "not found", "code": "not_found"}, 404)
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception or Exception("not found"))
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    if is_protocol_path(request.path_info):
+        return json_response({"error": "internal server error", "code": "internal_error"}, 500)
+    from django.views.defaults import server_error
+
+    return server_error(request)

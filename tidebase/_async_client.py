@@ -1,0 +1,393 @@
+"""The asyncio client, ``tidebase.aio.AsyncTidebase`` (real async I/O on
+``httpx.AsyncClient``; no threads)."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import inspect
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Self, TypeVar
+
+import httpx
+
+from . import _base as base
+from ._base import Call, ClientConfig, RetryPolicy
+from ._exceptions import APIConnectionError, RunCancelled, TidebaseError
+from ._json import wrap_replayed
+
+__all__ = ["AsyncQueues", "AsyncRuns", "AsyncSchedules", "AsyncTidebase"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+AsyncWorkflow = Callable[[Any, Any], Any]
+
+
+class AsyncTidebase:
+    """Client for a Tidebase server (asyncio). Same surface as
+    :class:`tidebase.Tidebase`, with coroutine methods; workflows and step
+    functions may be sync or async. Use ``async with`` or ``await aclose()``."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        webhook_secret: str | None = None,
+        *,
+        timeout_s: float | None = None,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.config = ClientConfig.resolve(url, api_key, webhook_secret, timeout_s)
+        self.retry = retry or RetryPolicy()
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(transport=transport, timeout=self.config.timeout_s)
+        self._workflows: dict[str, AsyncWorkflow] = {}
+        self._lists_steps = True
+        self._long_polls_gates = True
+        self.runs = AsyncRuns(self)
+        self.queues = AsyncQueues(self)
+        self.schedules = AsyncSchedules(self)
+
+    @property
+    def url(self) -> str:
+        return self.config.url
+
+    @property
+    def api_key(self) -> str | None:
+        return self.config.api_key
+
+    @property
+    def webhook_secret(self) -> str | None:
+        return self.config.webhook_secret
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    # ---- transport ---------------------------------------------------------
+
+    async def _send(self, call: Call) -> Any:
+        content = call.content()
+        headers = {**self.config.headers(), **call.headers(base.new_idempotency_key())}
+        timeout: Any = httpx.USE_CLIENT_DEFAULT if call.timeout_s is None else call.timeout_s
+        url = self.config.url + call.path
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(
+                    call.method, url, content=content, params=call.params, headers=headers, timeout=timeout
+                )
+            except httpx.TransportError as error:
+                attempt += 1
+                if attempt > self.retry.max_retries or not base.transport_error_retryable(error, safe=call.safe):
+                    raise APIConnectionError(
+                        f"Tidebase request failed: {type(error).__name__}: {error} ({call.path})", path=call.path
+                    ) from error
+                await asyncio.sleep(self.retry.delay_s(attempt))
+                continue
+            if attempt < self.retry.max_retries and self.retry.retry_status(response.status_code, safe=call.safe):
+                attempt += 1
+                await asyncio.sleep(self.retry.delay_s(attempt, response.headers.get("retry-after")))
+                continue
+            return base.parse_response(response.status_code, response.content, call.path)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: Mapping[str, str] | None = None,
+        safe: bool | None = None,
+    ) -> Any:
+        """Low-level call; see :meth:`tidebase.Tidebase.request`."""
+        method = method.upper()
+        kwargs: dict[str, Any] = {} if body is None else {"body": body}
+        is_safe = method in ("GET", "PUT", "DELETE") if safe is None else safe
+        return await self._send(Call(method, path, params=params, safe=is_safe, **kwargs))
+
+    # ---- workflows ---------------------------------------------------------
+
+    def workflow(self, name: str, fn: F | None = None) -> Any:
+        """Register a workflow for :meth:`work`; usable as a decorator."""
+        if fn is not None:
+            self._workflows[name] = fn
+            return fn
+
+        def decorator(f: F) -> F:
+            self._workflows[name] = f
+            return f
+
+        return decorator
+
+    async def run(
+        self,
+        workflow_name: str,
+        workflow: AsyncWorkflow | None = None,
+        run_id: str | None = None,
+        input: Any = None,
+        metadata: Mapping[str, Any] | None = None,
+        recovery_webhook: str | None = None,
+        channels: list[Any] | None = None,
+    ) -> Any:
+        """Create a run (or resume ``run_id``) and execute ``workflow(run, input)``."""
+        fn = workflow or self._workflows.get(workflow_name)
+        if fn is None:
+            raise ValueError(f"no workflow registered for {workflow_name!r}")
+        if run_id is None:
+            run = await self.runs.create(workflow_name, input, metadata, recovery_webhook, channels)
+        else:
+            run = (await self.runs.get(run_id))["run"]
+        base.check_workflow_name(run, workflow_name)
+        if run["status"] == "completed":
+            return wrap_replayed(run["result"])
+        owner, run = await self._begin(run["id"])
+        return await self._execute(run, owner, fn, list_steps=base.should_list_steps(run, run_id is not None))
+
+    async def _begin(self, run_id: str) -> tuple[str, dict[str, Any]]:
+        owner = base.new_lease_owner()
+        answer = await self._send(
+            Call("POST", f"/runs/{run_id}/begin", safe=True, extra_headers={"x-tidebase-worker": owner})
+        )
+        return answer["leaseOwner"], answer["run"]
+
+    async def _execute(
+        self, run: Mapping[str, Any], lease_owner: str, workflow: AsyncWorkflow, *, list_steps: bool
+    ) -> Any:
+        from ._async_context import AsyncRunContext
+
+        context = AsyncRunContext(self, run["id"], lease_owner)
+        if list_steps:
+            await context._load_checkpoints()
+        try:
+            result = workflow(context, run.get("input"))
+            if inspect.isawaitable(result):
+                result = await result
+            encoded = base.encode_result(result)
+        except RunCancelled:
+            raise
+        except Exception as error:
+            await self._report_run_failure(run["id"], error)
+            raise
+        await self._send(Call("POST", f"/runs/{run['id']}/complete", {"result": encoded}))
+        return result
+
+    async def _report_run_failure(self, run_id: str, error: BaseException) -> None:
+        with contextlib.suppress(TidebaseError, RunCancelled):
+            await self._send(Call("POST", f"/runs/{run_id}/fail", {"error": base.serialize_error(error)}))
+
+    async def _list_completed_steps(self, run_id: str) -> Mapping[str, Any] | None:
+        if not self._lists_steps:
+            return None
+        try:
+            answer: Mapping[str, Any] = await self._send(
+                Call("GET", f"/runs/{run_id}/steps", params={"status": "completed"}, safe=True)
+            )
+        except TidebaseError as error:
+            if error.status in (404, 405):
+                self._lists_steps = False
+                return None
+            raise
+        return answer
+
+    async def enqueue(self, workflow_name: str, *, queue: str = "default", **options: Any) -> dict[str, Any]:
+        """Enqueue a durable queued run; see :meth:`tidebase.Tidebase.enqueue`."""
+        answer: dict[str, Any] = await self._send(
+            Call("POST", f"/queues/{base.quote(queue)}/enqueue", base.enqueue_body(workflow_name, options), safe=True)
+        )
+        return answer
+
+    async def cancel(self, run_id: str, reason: str | None = None, actor: str | None = None) -> dict[str, Any]:
+        return await self.runs.cancel(run_id, reason, actor)
+
+    async def attach(self, workflow_name: str, run_id: str | None = None, **options: Any) -> Any:
+        return await self.runs.attach(workflow_name, run_id, **options)
+
+    async def work(
+        self,
+        queues: list[str] | None = None,
+        *,
+        lease_owner: str | None = None,
+        poll_s: float = 1.0,
+        limit: int = 1,
+        stop: Callable[[], bool] | None = None,
+        on_error: Callable[[BaseException, dict[str, Any]], Any] | None = None,
+    ) -> None:
+        """Async pull-mode worker. Runs until ``stop()`` is true or the task is cancelled.
+        Claimed runs of unregistered workflows are failed, not left leased."""
+        body = base.claim_body(queues or ["default"], lease_owner, limit)
+        while not (stop and stop()):
+            claim = await self._send(Call("POST", "/queues/claim", body))
+            for run in claim["runs"]:
+                fn = self._workflows.get(run["workflowName"])
+                if fn is None:
+                    await self._report_run_failure(
+                        run["id"], LookupError(f"no workflow registered for {run['workflowName']}")
+                    )
+                    continue
+                try:
+                    await self._execute(run, claim["leaseOwner"], fn, list_steps=base.should_list_steps(run, False))
+                except Exception as error:
+                    if on_error is not None:
+                        outcome = on_error(error, run)
+                        if inspect.isawaitable(outcome):
+                            await outcome
+            if not claim["runs"]:
+                await asyncio.sleep(poll_s)
+
+
+class AsyncRuns:
+    """``tide.runs`` on the async client."""
+
+    def __init__(self, client: AsyncTidebase) -> None:
+        self._client = client
+
+    async def create(
+        self,
+        workflow_name: str,
+        input: Any = None,
+        metadata: Mapping[str, Any] | None = None,
+        recovery_webhook: str | None = None,
+        channels: list[Any] | None = None,
+    ) -> dict[str, Any]:
+        body = base.run_create_body(input, metadata, recovery_webhook, channels)
+        answer = await self._client._send(Call("POST", f"/runs/{base.quote(workflow_name)}", body, safe=True))
+        run: dict[str, Any] = answer["run"]
+        return run
+
+    async def get(self, run_id: str) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._client._send(Call("GET", f"/runs/{run_id}", safe=True))
+        return answer
+
+    async def list(self) -> list[dict[str, Any]]:
+        runs: list[dict[str, Any]] = (await self._client._send(Call("GET", "/runs", safe=True)))["runs"]
+        return runs
+
+    async def recover(self, run_id: str, reason: str = "manual") -> dict[str, Any]:
+        answer: dict[str, Any] = await self._client._send(Call("POST", f"/runs/{run_id}/recover", {"reason": reason}))
+        return answer
+
+    async def cancel(self, run_id: str, reason: str | None = None, actor: str | None = None) -> dict[str, Any]:
+        body = base.compact(reason=reason, actor=actor)
+        answer = await self._client._send(Call("POST", f"/runs/{run_id}/cancel", body, safe=True))
+        run: dict[str, Any] = answer["run"]
+        return run
+
+    async def subscribe(self, run_id: str, after: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """Async iterator over the run's events (SSE); resumes after drops."""
+        client = self._client
+        failures = 0
+        while True:
+            params = {"after": str(after), **({"token": client.api_key} if client.api_key else {})}
+            try:
+                async with client._http.stream(
+                    "GET",
+                    f"{client.url}/runs/{run_id}/events",
+                    params=params,
+                    headers={**client.config.headers(), "accept": "text/event-stream"},
+                    timeout=httpx.Timeout(client.config.timeout_s, read=None),
+                ) as response:
+                    if response.status_code >= 300:
+                        base.parse_response(response.status_code, await response.aread(), f"/runs/{run_id}/events")
+                    async for line in response.aiter_lines():
+                        if line.startswith("data:"):
+                            event: dict[str, Any] = json.loads(line[5:].strip())
+                            after = max(after, int(event.get("seq") or after))
+                            failures = 0
+                            yield event
+            except httpx.TransportError as error:
+                failures += 1
+                if failures > client.retry.max_retries:
+                    raise APIConnectionError(f"event stream lost: {error}", path=f"/runs/{run_id}/events") from error
+                await asyncio.sleep(client.retry.delay_s(failures))
+
+    async def attach(
+        self,
+        workflow_name: str,
+        run_id: str | None = None,
+        *,
+        input: Any = None,
+        metadata: Mapping[str, Any] | None = None,
+        recovery_webhook: str | None = None,
+        channels: builtins.list[Any] | None = None,
+        heartbeat_s: float | None = 20.0,
+        on_lease_lost: Callable[[BaseException], Any] | None = None,
+    ) -> Any:
+        """Hold a run as a session; the heartbeat is an asyncio task."""
+        from ._async_context import AsyncRunSession
+
+        if run_id is None:
+            run = await self.create(workflow_name, input, metadata, recovery_webhook, channels)
+        else:
+            run = (await self.get(run_id))["run"]
+        base.check_workflow_name(run, workflow_name)
+        if run["status"] == "completed":
+            raise RuntimeError(f"Run {run['id']} is already completed")
+        owner, begun = await self._client._begin(run["id"])
+        session = AsyncRunSession(self._client, begun, owner, heartbeat_s=heartbeat_s, on_lease_lost=on_lease_lost)
+        if run_id is not None:
+            await session._load_checkpoints()
+        return session
+
+
+class AsyncQueues:
+    def __init__(self, client: AsyncTidebase) -> None:
+        self._client = client
+
+    async def configure(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        rate_per_minute: int | None = None,
+        invoke_url: str | None = None,
+    ) -> dict[str, Any]:
+        body = base.compact(concurrency=concurrency, ratePerMinute=rate_per_minute, invokeUrl=invoke_url)
+        answer: dict[str, Any] = await self._client._send(
+            Call("PUT", f"/queues/{base.quote(name)}/config", body, safe=True)
+        )
+        return answer
+
+    async def list(self) -> list[dict[str, Any]]:
+        queues: list[dict[str, Any]] = (await self._client._send(Call("GET", "/queues", safe=True)))["queues"]
+        return queues
+
+
+class AsyncSchedules:
+    def __init__(self, client: AsyncTidebase) -> None:
+        self._client = client
+
+    async def set(
+        self,
+        name: str,
+        *,
+        cron: str,
+        workflow_name: str,
+        input: Any = None,
+        queue: str = "default",
+        max_attempts: int | None = None,
+        enabled: bool = True,
+    ) -> dict[str, Any]:
+        body = {"cron": cron, "workflowName": workflow_name, "queue": queue, "enabled": enabled}
+        body.update(base.compact(input=input, maxAttempts=max_attempts))
+        answer = await self._client._send(Call("PUT", f"/schedules/{base.quote(name)}", body, safe=True))
+        schedule: dict[str, Any] = answer["schedule"]
+        return schedule
+
+    async def list(self) -> list[dict[str, Any]]:
+        answer = await self._client._send(Call("GET", "/schedules", safe=True))
+        schedules: list[dict[str, Any]] = answer["schedules"]
+        return schedules
+
+    async def delete(self, name: str) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._client._send(Call("DELETE", f"/schedules/{base.quote(name)}", safe=True))
+        return answer

@@ -1,0 +1,434 @@
+"""What an async workflow receives: ``AsyncRunContext`` and ``AsyncRunSession``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Self
+
+from . import _base as base
+from . import _protocol as protocol
+from ._base import Call
+from ._exceptions import (
+    Conflict,
+    GateTimeout,
+    LeaseLost,
+    RunCancelled,
+    StepLocked,
+    TidebaseError,
+)
+from ._protocol import GateDecision, GateWaiter, StepCache, StepSpec
+
+if TYPE_CHECKING:
+    from ._async_client import AsyncTidebase, AsyncWorkflow
+
+__all__ = [
+    "AsyncRunContext",
+    "AsyncRunGates",
+    "AsyncRunSession",
+    "AsyncRunSnapshots",
+    "AsyncRunState",
+    "AsyncRunUsage",
+]
+
+
+class AsyncRunContext:
+    """The handle an async workflow gets as ``run``."""
+
+    def __init__(self, client: AsyncTidebase, run_id: str, lease_owner: str) -> None:
+        self._client = client
+        self.run_id = run_id
+        self._lease_owner = lease_owner
+        self._checkpoints = StepCache()
+        self.state = AsyncRunState(client, run_id)
+        self.usage = AsyncRunUsage(client, run_id)
+        self.snapshots = AsyncRunSnapshots(client, run_id)
+        self.gates = AsyncRunGates(client, run_id)
+
+    @property
+    def lease_owner(self) -> str:
+        return self._lease_owner
+
+    async def _load_checkpoints(self) -> None:
+        answer = await self._client._list_completed_steps(self.run_id)
+        if answer is not None:
+            self._checkpoints.load(answer)
+
+    # ---- steps -------------------------------------------------------------
+
+    async def step(
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        *,
+        input: Any = None,
+        input_hash: str | None = None,
+        retries: int = 0,
+        timeout_s: float | None = None,
+        side_effects: list[str] | None = None,
+        idempotency_key: str | None = None,
+        replay: str | None = None,
+        checkpoint_invariant: Any = None,
+        verified_by: Any = None,
+        credentials: list[Any] | None = None,
+        returns: Any = None,
+    ) -> Any:
+        """Run ``fn`` (sync, async, or returning an awaitable) once per run and
+        checkpoint its result; see :meth:`tidebase.RunContext.step`.
+
+        ``timeout_s`` is enforced on awaitable results (a timeout counts as a
+        failed attempt, so ``retries`` apply).
+        """
+        spec = StepSpec.build(
+            name,
+            input=input,
+            input_hash=input_hash,
+            retries=retries,
+            timeout_s=timeout_s,
+            side_effects=side_effects,
+            idempotency_key=idempotency_key,
+            replay=replay,
+            checkpoint_invariant=checkpoint_invariant,
+            verified_by=verified_by,
+            credentials=credentials,
+            returns=returns,
+        )
+        hit, value = self._checkpoints.lookup(spec, self._steps_path("begin"))
+        if hit:
+            return value
+        attempts = spec.retries + 1
+        for attempt in range(1, attempts + 1):
+            answer = await self._begin_step(spec)
+            if protocol.check_begin(answer, self.run_id, spec, self._steps_path("begin")) == "return":
+                self._checkpoints.remember(spec, answer.get("output"))
+                return spec.replayed(answer.get("output"))
+            step_id, owner = answer["step"]["id"], answer.get("leaseOwner") or self._lease_owner
+            try:
+                result = fn()
+                if inspect.isawaitable(result):
+                    async with asyncio.timeout(spec.timeout_s):
+                        result = await result
+                encoded = spec.encode_output(result)
+            except RunCancelled:
+                raise
+            except Exception as error:
+                final = attempt == attempts or isinstance(error, protocol.FATAL_STEP_ERRORS)
+                await self._fail_step(spec, step_id, owner, error, retryable=not final)
+                if final:
+                    raise
+                continue
+            await self._complete_step(spec, step_id, owner, encoded)
+            self._checkpoints.remember(spec, encoded)
+            return spec.fresh(result, encoded)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _steps_path(self, tail: str) -> str:
+        return f"/runs/{self.run_id}/steps/{tail}"
+
+    async def _begin_step(self, spec: StepSpec) -> Mapping[str, Any]:
+        answer: Mapping[str, Any] = await self._client._send(
+            Call("POST", self._steps_path("begin"), spec.begin_body(self._lease_owner), safe=True)
+        )
+        return answer
+
+    async def _complete_step(self, spec: StepSpec, step_id: str, owner: str, encoded: Any) -> None:
+        body = {"leaseOwner": owner, "output": encoded}
+        path = self._steps_path(f"{step_id}/complete")
+        try:
+            await self._client._send(Call("POST", path, body, safe=True))
+        except Conflict as error:
+            # Possibly our own earlier complete whose response was lost.
+            try:
+                answer = await self._begin_step(spec)
+                action = protocol.check_begin(answer, self.run_id, spec, self._steps_path("begin"))
+            except StepLocked:
+                raise LeaseLost(
+                    str(error), status=error.status, code="lease_lost", body=error.body, path=path
+                ) from error
+            if action == "execute":
+                await self._client._send(
+                    Call("POST", self._steps_path(f"{answer['step']['id']}/complete"), body, safe=True)
+                )
+
+    async def _fail_step(
+        self, spec: StepSpec, step_id: str, owner: str, error: BaseException, *, retryable: bool
+    ) -> None:
+        with contextlib.suppress(TidebaseError, RunCancelled):
+            await self._client._send(
+                Call(
+                    "POST",
+                    self._steps_path(f"{step_id}/fail"),
+                    spec.fail_body(owner, error, retryable=retryable),
+                    safe=True,
+                )
+            )
+
+    # ---- gates -------------------------------------------------------------
+
+    async def gate(
+        self,
+        name: str,
+        prompt: str,
+        data: Any = None,
+        channels: list[Any] | None = None,
+        capability: Any = None,
+        timeout_s: float | None = None,
+        poll_s: float = 1.0,
+    ) -> GateDecision:
+        """Open (or rejoin) a gate and wait for the decision (long-poll)."""
+        begun = await self._client._send(
+            Call(
+                "POST",
+                f"/runs/{self.run_id}/gates/begin",
+                base.gate_begin_body(name, prompt, data, channels, capability, timeout_s),
+                safe=True,
+            )
+        )
+        gate: Mapping[str, Any] = begun["gate"]
+        waiter = GateWaiter(timeout_s, poll_s, self._client._long_polls_gates)
+        while gate["status"] == "pending":
+            if waiter.expired():
+                raise GateTimeout(f"Gate {name!r} was not resolved within {timeout_s}s", code="gate_timeout")
+            asked_ms, started = waiter.wait_ms(), time.monotonic()
+            answer = await self._client._send(
+                Call(
+                    "GET",
+                    f"/runs/{self.run_id}/gates/{gate['id']}",
+                    params=waiter.params(),
+                    safe=True,
+                    timeout_s=self._client.config.timeout_s + asked_ms / 1000,
+                )
+            )
+            gate = protocol.gate_poll_answer(answer, self.run_id)
+            if gate["status"] == "pending":
+                pause = waiter.after_pending_poll(asked_ms, time.monotonic() - started)
+                self._client._long_polls_gates = waiter.long_poll
+                if pause:
+                    await asyncio.sleep(pause)
+        return GateDecision.from_gate(gate)
+
+    # ---- children ----------------------------------------------------------
+
+    async def child(
+        self,
+        workflow_name: str,
+        workflow: AsyncWorkflow | None = None,
+        *,
+        name: str | None = None,
+        input: Any = None,
+        metadata: Mapping[str, Any] | None = None,
+        recovery_webhook: str | None = None,
+        channels: list[Any] | None = None,
+        edge_type: str = "child",
+        edge_metadata: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Run a child workflow as its own run, idempotent by edge ``name``."""
+        options = {
+            "input": input,
+            "metadata": metadata,
+            "recovery_webhook": recovery_webhook,
+            "channels": channels,
+            "edge_type": edge_type,
+            "edge_metadata": edge_metadata,
+        }
+        answer = await self._client._send(
+            Call("POST", f"/runs/{self.run_id}/children", base.child_body(workflow_name, name, options), safe=True)
+        )
+        return await self._client.run(workflow_name, workflow, run_id=answer["run"]["id"])
+
+    async def fanout(self, name: str, children: list[Mapping[str, Any]], *, checkpoint: str | None = None) -> Any:
+        """Run children concurrently and checkpoint the joined results."""
+        results = await asyncio.gather(
+            *(
+                self.child(
+                    child.get("workflow_name") or child["name"],
+                    child["workflow"],
+                    name=child["name"],
+                    input=child.get("input"),
+                    metadata=child.get("metadata"),
+                    recovery_webhook=child.get("recovery_webhook"),
+                    channels=child.get("channels"),
+                    edge_type="fanout",
+                    edge_metadata={"fanout": name},
+                )
+                for child in children
+            )
+        )
+        return await self.step(
+            f"join:{checkpoint or name}",
+            lambda: list(results),
+            input=base.fanout_join_input(name, list(children)),
+            replay="auto",
+            checkpoint_invariant=base.FANOUT_INVARIANT,
+        )
+
+    # ---- shortcuts ---------------------------------------------------------
+
+    async def state_set(self, value: Any, **options: Any) -> dict[str, Any]:
+        return await self.state.set(value, **options)
+
+    async def state_patch(self, value: Any, **options: Any) -> dict[str, Any]:
+        return await self.state.patch(value, **options)
+
+    async def state_save(self, label: str, **options: Any) -> dict[str, Any]:
+        return await self.state.save(label, **options)
+
+    async def usage_record(self, **fields: Any) -> dict[str, Any]:
+        return await self.usage.record(**fields)
+
+
+class _AsyncRunResource:
+    def __init__(self, client: AsyncTidebase, run_id: str) -> None:
+        self._client = client
+        self._run_id = run_id
+
+    async def _call(self, method: str, tail: str, body: Any = None, **kwargs: Any) -> Any:
+        extra = {} if body is None else {"body": body}
+        return await self._client._send(Call(method, f"/runs/{self._run_id}{tail}", **extra, **kwargs))
+
+
+class AsyncRunGates(_AsyncRunResource):
+    async def begin(
+        self,
+        name: str,
+        prompt: str,
+        *,
+        data: Any = None,
+        channels: list[Any] | None = None,
+        capability: Any = None,
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        body = base.gate_begin_body(name, prompt, data, channels, capability, timeout_s)
+        return protocol.map_gate((await self._call("POST", "/gates/begin", body, safe=True))["gate"])
+
+    async def get(self, gate_id: str) -> dict[str, Any]:
+        answer = await self._call("GET", f"/gates/{gate_id}", safe=True)
+        return protocol.map_gate(protocol.gate_poll_answer(answer, self._run_id))
+
+
+class AsyncRunState(_AsyncRunResource):
+    async def set(self, value: Any, **options: Any) -> dict[str, Any]:
+        state: dict[str, Any] = await self._call("PUT", "/state", {"value": value, **base.state_options(options)})
+        return state
+
+    async def patch(self, value: Any, **options: Any) -> dict[str, Any]:
+        state: dict[str, Any] = await self._call("PATCH", "/state", {"value": value, **base.state_options(options)})
+        return state
+
+    async def save(self, label: str, **options: Any) -> dict[str, Any]:
+        body = {"label": label, **base.state_options(options)}
+        saved: dict[str, Any] = await self._call("POST", "/state/save", body)
+        return saved
+
+    async def versions(self, stream: str | None = None, labeled: bool | None = None) -> list[dict[str, Any]]:
+        answer = await self._call("GET", "/state/versions", params=base.versions_params(stream, labeled), safe=True)
+        versions: list[dict[str, Any]] = answer["stateVersions"]
+        return versions
+
+
+class AsyncRunUsage(_AsyncRunResource):
+    async def record(self, **fields: Any) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._call("POST", "/usage", base.usage_body(fields), safe=True)
+        return answer
+
+
+class AsyncRunSnapshots(_AsyncRunResource):
+    async def create(self, label: str, state: Any, **options: Any) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._call("POST", "/snapshots", base.snapshot_body(label, state, options))
+        return answer
+
+    async def list(self) -> list[dict[str, Any]]:
+        snapshots: list[dict[str, Any]] = (await self._call("GET", "/snapshots", safe=True))["snapshots"]
+        return snapshots
+
+
+class AsyncRunSession(AsyncRunContext):
+    """A run held open by a session; the heartbeat is an asyncio task.
+
+    On the first heartbeat failure the task stops and ``on_lease_lost(error)``
+    is called (awaited if it returns an awaitable).
+    """
+
+    def __init__(
+        self,
+        client: AsyncTidebase,
+        run: dict[str, Any],
+        lease_owner: str,
+        *,
+        heartbeat_s: float | None = 20.0,
+        on_lease_lost: Callable[[BaseException], Any] | None = None,
+    ) -> None:
+        super().__init__(client, run["id"], lease_owner)
+        self.run = run
+        self._on_lease_lost = on_lease_lost
+        self._task: asyncio.Task[None] | None = None
+        if heartbeat_s:
+            self._task = asyncio.get_running_loop().create_task(
+                self._beat(heartbeat_s), name=f"tidebase-heartbeat-{self.run_id}"
+            )
+
+    async def _beat(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.heartbeat()
+            except Exception as error:
+                if self._on_lease_lost is not None:
+                    outcome = self._on_lease_lost(error)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                return
+
+    @property
+    def heartbeating(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def heartbeat(self) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._client._send(
+            Call("POST", f"/runs/{self.run_id}/heartbeat", {"leaseOwner": self._lease_owner}, safe=True)
+        )
+        return answer
+
+    async def complete(self, result: Any = None) -> dict[str, Any]:
+        await self.aclose()
+        answer: dict[str, Any] = await self._client._send(
+            Call("POST", f"/runs/{self.run_id}/complete", {"result": result})
+        )
+        return answer
+
+    async def fail(self, error: BaseException | str) -> dict[str, Any]:
+        await self.aclose()
+        body = base.serialize_error(error) if isinstance(error, BaseException) else {"message": str(error)}
+        answer: dict[str, Any] = await self._client._send(Call("POST", f"/runs/{self.run_id}/fail", {"error": body}))
+        return answer
+
+    def close(self) -> None:
+        """Stop heartbeating (without waiting) and report nothing."""
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+
+    async def aclose(self) -> None:
+        """Stop heartbeating and wait for the task to finish."""
+        task = self._task
+        self.close()
+        if task is not None and task is not asyncio.current_task():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def gates_begin(self, name: str, prompt: str, **options: Any) -> dict[str, Any]:
+        return await self.gates.begin(name, prompt, **options)
+
+    async def gates_get(self, gate_id: str) -> dict[str, Any]:
+        return await self.gates.get(gate_id)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, Exception) and not isinstance(exc, RunCancelled):
+            with contextlib.suppress(TidebaseError, RunCancelled):
+                await self.fail(exc)
+        await self.aclose()

@@ -1,0 +1,438 @@
+"""The synchronous client, ``tidebase.Tidebase``."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import inspect
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Self, TypeVar
+
+import httpx
+
+from . import _base as base
+from ._base import Call, ClientConfig, RetryPolicy
+from ._exceptions import APIConnectionError, RunCancelled, TidebaseError
+from ._json import wrap_replayed
+
+__all__ = ["Queues", "Runs", "Schedules", "Tidebase"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+Workflow = Callable[[Any, Any], Any]
+
+
+class Tidebase:
+    """Client for a Tidebase server (sync).
+
+    ``Tidebase()`` reads ``TIDEBASE_URL`` (default ``http://localhost:7373``)
+    and ``TIDEBASE_API_KEY``. One connection pool is kept per instance; use it
+    as a context manager or call :meth:`close` when done. Pass ``transport=``
+    (e.g. ``httpx.MockTransport``) to test without a server.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        webhook_secret: str | None = None,
+        *,
+        timeout_s: float | None = None,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        self.config = ClientConfig.resolve(url, api_key, webhook_secret, timeout_s)
+        self.retry = retry or RetryPolicy()
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(transport=transport, timeout=self.config.timeout_s)
+        self._workflows: dict[str, Workflow] = {}
+        self._lists_steps = True  # cleared when the server lacks GET /runs/:id/steps
+        self._long_polls_gates = True  # cleared when the server ignores ?waitMs=
+        self.runs = Runs(self)
+        self.queues = Queues(self)
+        self.schedules = Schedules(self)
+
+    @property
+    def url(self) -> str:
+        return self.config.url
+
+    @property
+    def api_key(self) -> str | None:
+        return self.config.api_key
+
+    @property
+    def webhook_secret(self) -> str | None:
+        return self.config.webhook_secret
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    # ---- transport ---------------------------------------------------------
+
+    def _send(self, call: Call) -> Any:
+        content = call.content()
+        headers = {**self.config.headers(), **call.headers(base.new_idempotency_key())}
+        timeout: Any = httpx.USE_CLIENT_DEFAULT if call.timeout_s is None else call.timeout_s
+        url = self.config.url + call.path
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(
+                    call.method, url, content=content, params=call.params, headers=headers, timeout=timeout
+                )
+            except httpx.TransportError as error:
+                attempt += 1
+                if attempt > self.retry.max_retries or not base.transport_error_retryable(error, safe=call.safe):
+                    raise APIConnectionError(
+                        f"Tidebase request failed: {type(error).__name__}: {error} ({call.path})", path=call.path
+                    ) from error
+                time.sleep(self.retry.delay_s(attempt))
+                continue
+            if attempt < self.retry.max_retries and self.retry.retry_status(response.status_code, safe=call.safe):
+                attempt += 1
+                time.sleep(self.retry.delay_s(attempt, response.headers.get("retry-after")))
+                continue
+            return base.parse_response(response.status_code, response.content, call.path)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: Mapping[str, str] | None = None,
+        safe: bool | None = None,
+    ) -> Any:
+        """Low-level call: returns the decoded JSON body or raises a typed error.
+
+        GETs, PUTs and DELETEs are retried on transient failures; other methods
+        only when ``safe=True`` (or when the request never left).
+        """
+        method = method.upper()
+        kwargs: dict[str, Any] = {} if body is None else {"body": body}
+        return self._send(
+            Call(
+                method, path, params=params, safe=method in ("GET", "PUT", "DELETE") if safe is None else safe, **kwargs
+            )
+        )
+
+    # ---- workflows ---------------------------------------------------------
+
+    def workflow(self, name: str, fn: F | None = None) -> Any:
+        """Register a workflow for :meth:`work` and ``run(name)``; usable as
+        ``@tide.workflow("name")``."""
+        if fn is not None:
+            self._workflows[name] = fn
+            return fn
+
+        def decorator(f: F) -> F:
+            self._workflows[name] = f
+            return f
+
+        return decorator
+
+    def _workflow_for(self, name: str, workflow: Workflow | None) -> Workflow:
+        found = workflow or self._workflows.get(name)
+        if found is None:
+            raise ValueError(f"no workflow registered for {name!r}")
+        return found
+
+    def run(
+        self,
+        workflow_name: str,
+        workflow: Workflow | None = None,
+        run_id: str | None = None,
+        input: Any = None,
+        metadata: Mapping[str, Any] | None = None,
+        recovery_webhook: str | None = None,
+        channels: list[Any] | None = None,
+    ) -> Any:
+        """Create a run (or resume ``run_id``) and execute ``workflow(run, input)``.
+
+        Completed steps replay from their checkpoints without re-executing.
+        A completed run returns its stored result without running anything.
+        """
+        fn = self._workflow_for(workflow_name, workflow)
+        if run_id is None:
+            run = self.runs.create(workflow_name, input, metadata, recovery_webhook, channels)
+        else:
+            run = self.runs.get(run_id)["run"]
+        base.check_workflow_name(run, workflow_name)
+        if run["status"] == "completed":
+            return wrap_replayed(run["result"])
+        owner, run = self._begin(run["id"])
+        return self._execute(run, owner, fn, list_steps=base.should_list_steps(run, run_id is not None))
+
+    def _begin(self, run_id: str) -> tuple[str, dict[str, Any]]:
+        owner = base.new_lease_owner()
+        answer = self._send(
+            Call("POST", f"/runs/{run_id}/begin", safe=True, extra_headers={"x-tidebase-worker": owner})
+        )
+        return answer["leaseOwner"], answer["run"]
+
+    def _execute(self, run: Mapping[str, Any], lease_owner: str, workflow: Workflow, *, list_steps: bool) -> Any:
+        from ._context import RunContext
+
+        context = RunContext(self, run["id"], lease_owner)
+        if list_steps:
+            context._load_checkpoints()
+        try:
+            result = workflow(context, run.get("input"))
+            if inspect.isawaitable(result):
+                result = _run_awaitable(result, "workflow")
+            encoded = base.encode_result(result)
+        except RunCancelled:
+            raise
+        except Exception as error:
+            self._report_run_failure(run["id"], error)
+            raise
+        self._send(Call("POST", f"/runs/{run['id']}/complete", {"result": encoded}))
+        return result
+
+    def _report_run_failure(self, run_id: str, error: BaseException) -> None:
+        with contextlib.suppress(TidebaseError, RunCancelled):  # the original error matters more
+            self._send(Call("POST", f"/runs/{run_id}/fail", {"error": base.serialize_error(error)}))
+
+    def _list_completed_steps(self, run_id: str) -> Mapping[str, Any] | None:
+        if not self._lists_steps:
+            return None
+        try:
+            answer: Mapping[str, Any] = self._send(
+                Call("GET", f"/runs/{run_id}/steps", params={"status": "completed"}, safe=True)
+            )
+        except TidebaseError as error:
+            if error.status in (404, 405):
+                self._lists_steps = False  # an older server: steps/begin per step
+                return None
+            raise
+        return answer
+
+    def enqueue(self, workflow_name: str, *, queue: str = "default", **options: Any) -> dict[str, Any]:
+        """Enqueue a durable queued run; returns ``{"run": ..., "deduplicated": bool}``.
+
+        Options: ``input``, ``metadata``, ``dedupe_key``, ``delay_s``, ``run_at``
+        (``…Z`` string or aware datetime), ``max_attempts``, ``priority``,
+        ``deadline_s``, ``recovery_webhook``, ``channels``.
+        """
+        answer: dict[str, Any] = self._send(
+            Call("POST", f"/queues/{base.quote(queue)}/enqueue", base.enqueue_body(workflow_name, options), safe=True)
+        )
+        return answer
+
+    def work(
+        self,
+        queues: list[str] | None = None,
+        *,
+        lease_owner: str | None = None,
+        poll_s: float = 1.0,
+        limit: int = 1,
+        stop: Callable[[], bool] | None = None,
+        on_error: Callable[[BaseException, dict[str, Any]], None] | None = None,
+    ) -> None:
+        """Pull-mode worker: claim ready runs and execute their registered
+        workflows until ``stop()`` returns true."""
+        body = base.claim_body(queues or ["default"], lease_owner, limit)
+        while not (stop and stop()):
+            claim = self._send(Call("POST", "/queues/claim", body))
+            for run in claim["runs"]:
+                fn = self._workflows.get(run["workflowName"])
+                if fn is None:
+                    self._report_run_failure(
+                        run["id"], LookupError(f"no workflow registered for {run['workflowName']}")
+                    )
+                    continue
+                try:
+                    self._execute(run, claim["leaseOwner"], fn, list_steps=base.should_list_steps(run, False))
+                except Exception as error:
+                    if on_error is not None:
+                        on_error(error, run)
+            if not claim["runs"]:
+                time.sleep(poll_s)
+
+
+def _run_awaitable(value: Any, what: str) -> Any:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+
+        async def wait() -> Any:
+            return await value
+
+        return asyncio.run(wait())
+    if inspect.iscoroutine(value):
+        value.close()
+    from ._exceptions import AsyncStepInSyncClient
+
+    raise AsyncStepInSyncClient(
+        f"The {what} returned an awaitable while an event loop is running; the sync client cannot "
+        "await it. Use `from tidebase.aio import AsyncTidebase` in async code.",
+        code="async_step_in_sync_client",
+    )
+
+
+class Runs:
+    """``tide.runs``: create, inspect, cancel and attach to runs."""
+
+    def __init__(self, client: Tidebase) -> None:
+        self._client = client
+
+    def create(
+        self,
+        workflow_name: str,
+        input: Any = None,
+        metadata: Mapping[str, Any] | None = None,
+        recovery_webhook: str | None = None,
+        channels: list[Any] | None = None,
+    ) -> dict[str, Any]:
+        body = base.run_create_body(input, metadata, recovery_webhook, channels)
+        run: dict[str, Any] = self._client._send(Call("POST", f"/runs/{base.quote(workflow_name)}", body, safe=True))[
+            "run"
+        ]
+        return run
+
+    def get(self, run_id: str) -> dict[str, Any]:
+        """Run detail: ``{"run", "steps", "state", "gates", "events", "usage", ...}``."""
+        answer: dict[str, Any] = self._client._send(Call("GET", f"/runs/{run_id}", safe=True))
+        return answer
+
+    def list(self) -> list[dict[str, Any]]:
+        runs: list[dict[str, Any]] = self._client._send(Call("GET", "/runs", safe=True))["runs"]
+        return runs
+
+    def recover(self, run_id: str, reason: str = "manual") -> dict[str, Any]:
+        answer: dict[str, Any] = self._client._send(Call("POST", f"/runs/{run_id}/recover", {"reason": reason}))
+        return answer
+
+    def cancel(self, run_id: str, reason: str | None = None, actor: str | None = None) -> dict[str, Any]:
+        """Cancel a run (one-way). Workers notice at their next step or gate."""
+        body = base.compact(reason=reason, actor=actor)
+        run: dict[str, Any] = self._client._send(Call("POST", f"/runs/{run_id}/cancel", body, safe=True))["run"]
+        return run
+
+    def subscribe(self, run_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
+        """Yield the run's events (SSE), replaying those after ``after`` first.
+
+        The stream never ends on its own; break out of the loop when done. A
+        dropped connection is resumed from the last event seen.
+        """
+        client = self._client
+        failures = 0
+        while True:
+            params = {"after": str(after), **({"token": client.api_key} if client.api_key else {})}
+            try:
+                with client._http.stream(
+                    "GET",
+                    f"{client.url}/runs/{run_id}/events",
+                    params=params,
+                    headers={**client.config.headers(), "accept": "text/event-stream"},
+                    timeout=httpx.Timeout(client.config.timeout_s, read=None),
+                ) as response:
+                    if response.status_code >= 300:
+                        base.parse_response(response.status_code, response.read(), f"/runs/{run_id}/events")
+                    for line in response.iter_lines():
+                        if line.startswith("data:"):
+                            event: dict[str, Any] = json.loads(line[5:].strip())
+                            after = max(after, int(event.get("seq") or after))
+                            failures = 0
+                            yield event
+            except httpx.TransportError as error:
+                failures += 1
+                if failures > client.retry.max_retries:
+                    raise APIConnectionError(f"event stream lost: {error}", path=f"/runs/{run_id}/events") from error
+                time.sleep(client.retry.delay_s(failures))
+
+    def attach(
+        self,
+        workflow_name: str,
+        run_id: str | None = None,
+        *,
+        input: Any = None,
+        metadata: Mapping[str, Any] | None = None,
+        recovery_webhook: str | None = None,
+        channels: builtins.list[Any] | None = None,
+        heartbeat_s: float | None = 20.0,
+        on_lease_lost: Callable[[BaseException], None] | None = None,
+    ) -> Any:
+        """Hold a run as a session (not a single workflow function): take its
+        lease, heartbeat it in a background thread, and report the outcome
+        with ``session.complete()`` / ``session.fail()``."""
+        from ._context import RunSession
+
+        if run_id is None:
+            run = self.create(workflow_name, input, metadata, recovery_webhook, channels)
+        else:
+            run = self.get(run_id)["run"]
+        base.check_workflow_name(run, workflow_name)
+        if run["status"] == "completed":
+            raise RuntimeError(f"Run {run['id']} is already completed")
+        owner, begun = self._client._begin(run["id"])
+        session = RunSession(self._client, begun, owner, heartbeat_s=heartbeat_s, on_lease_lost=on_lease_lost)
+        if run_id is not None:
+            session._load_checkpoints()
+        return session
+
+
+class Queues:
+    """``tide.queues``: queue caps and stats."""
+
+    def __init__(self, client: Tidebase) -> None:
+        self._client = client
+
+    def configure(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        rate_per_minute: int | None = None,
+        invoke_url: str | None = None,
+    ) -> dict[str, Any]:
+        body = base.compact(concurrency=concurrency, ratePerMinute=rate_per_minute, invokeUrl=invoke_url)
+        answer: dict[str, Any] = self._client._send(Call("PUT", f"/queues/{base.quote(name)}/config", body, safe=True))
+        return answer
+
+    def list(self) -> list[dict[str, Any]]:
+        queues: list[dict[str, Any]] = self._client._send(Call("GET", "/queues", safe=True))["queues"]
+        return queues
+
+
+class Schedules:
+    """``tide.schedules``: cron schedules that enqueue runs."""
+
+    def __init__(self, client: Tidebase) -> None:
+        self._client = client
+
+    def set(
+        self,
+        name: str,
+        *,
+        cron: str,
+        workflow_name: str,
+        input: Any = None,
+        queue: str = "default",
+        max_attempts: int | None = None,
+        enabled: bool = True,
+    ) -> dict[str, Any]:
+        body = {"cron": cron, "workflowName": workflow_name, "queue": queue, "enabled": enabled}
+        body.update(base.compact(input=input, maxAttempts=max_attempts))
+        schedule: dict[str, Any] = self._client._send(Call("PUT", f"/schedules/{base.quote(name)}", body, safe=True))[
+            "schedule"
+        ]
+        return schedule
+
+    def list(self) -> list[dict[str, Any]]:
+        schedules: list[dict[str, Any]] = self._client._send(Call("GET", "/schedules", safe=True))["schedules"]
+        return schedules
+
+    def delete(self, name: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self._client._send(Call("DELETE", f"/schedules/{base.quote(name)}", safe=True))
+        return answer

@@ -1,0 +1,104 @@
+"""Admin registrations. Protocol state (runs, steps, gates, events, usage) is read-only here:
+editing it by hand would break leases, fencing and exactly-once decisions. API keys are
+created with ``manage.py tidebase_key create`` (the secret is shown once) and can be revoked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from tidebase_core.models import (
+    ApiKey,
+    Channel,
+    ChannelDelivery,
+    Event,
+    Gate,
+    RecoveryAttempt,
+    Run,
+    RunEdge,
+    RunState,
+    StateStream,
+    StateVersion,
+    Step,
+    UsageRecord,
+)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Run)
+class RunAdmin(ReadOnlyAdmin):
+    list_display = ("id", "workflow_name", "status", "attempt", "queue", "created_at")
+    list_filter = ("status",)
+    search_fields = ("id", "workflow_name")
+    show_full_result_count = False
+
+
+@admin.register(Step)
+class StepAdmin(ReadOnlyAdmin):
+    list_display = ("id", "run", "name", "status", "attempt", "updated_at")
+    list_filter = ("status",)
+    search_fields = ("run__id", "name")
+    raw_id_fields = ("run",)
+
+
+@admin.register(Gate)
+class GateAdmin(ReadOnlyAdmin):
+    list_display = ("id", "run", "name", "status", "actor", "decided_by", "resolved_at")
+    list_filter = ("status",)
+    exclude = ("resolve_token",)
+    raw_id_fields = ("run",)
+
+
+@admin.register(Event)
+class EventAdmin(ReadOnlyAdmin):
+    list_display = ("run", "seq", "type", "created_at")
+    search_fields = ("run__id", "type")
+    raw_id_fields = ("run",)
+
+
+@admin.register(UsageRecord)
+class UsageAdmin(ReadOnlyAdmin):
+    list_display = ("run", "kind", "provider", "model", "total_tokens", "cost_usd", "created_at")
+    list_filter = ("kind", "provider")
+    raw_id_fields = ("run", "step")
+
+
+@admin.register(Channel)
+class ChannelAdmin(ReadOnlyAdmin):
+    list_display = ("id", "run", "url", "created_at")
+    exclude = ("secret",)
+    raw_id_fields = ("run",)
+
+
+for model in (RunEdge, RunState, StateStream, StateVersion, RecoveryAttempt):
+    admin.site.register(model, ReadOnlyAdmin)
+
+
+@admin.register(ChannelDelivery)
+class ChannelDeliveryAdmin(ReadOnlyAdmin):
+    list_display = ("id", "run", "event_type", "status", "attempts", "http_status", "created_at")
+    list_filter = ("status",)
+    exclude = ("secret",)
+    raw_id_fields = ("run",)
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("name", "prefix", "scope", "created_at", "revoked_at")
+    readonly_fields = ("name", "prefix", "scope", "created_at")
+    exclude = ("key_hash",)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from typing import Any, TypeVar
+from urllib.parse import unquote
+
+import orjson
+from django.http import HttpRequest
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+
+from tidebase_core.auth import OPEN, Principal
+from tidebase_core.exceptions import Forbidden, InvalidJson, InvalidRequest
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def principal(request: HttpRequest) -> Principal:
+    value: Principal = getattr(request, "tb_principal", OPEN)
+    return value
+
+
+def seg(value: str) -> str:
+    """Decode one percent-encoded path segment (see ProtocolMiddleware)."""
+    return unquote(value)
+
+
+def require(request: HttpRequest, capability: str) -> Principal:
+    who = principal(request)
+    if not getattr(who, capability):
+        raise Forbidden(f"this API key ({who.scope}) may not do that", scope=who.scope)
+    return who
+
+
+def loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        import json
+
+        try:  # orjson refuses integers beyond 64 bits; the stdlib does not
+            return json.loads(raw)
+        except ValueError as exc:
+            raise InvalidJson(f"request body is not valid JSON: {exc}") from None
+
+
+def optional_body(request: HttpRequest, schema: type[M]) -> M:
+    """Routes whose body is optional (§1: cancel and recover treat a bad body as ``{}``)."""
+    data: Any = {}
+    if request.body:
+        try:
+            data = orjson.loads(request.body)
+        except orjson.JSONDecodeError:
+            data = {}
+    if not isinstance(data, dict):
+        data = {}
+    try:
+        return schema.model_validate(data)
+    except PydanticValidationError as exc:
+        raise InvalidRequest("invalid request body", issues=issues(exc.errors())) from None
+
+
+def issues(errors: list[Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "code": e.get("type"),
+            "path": [p for p in e.get("loc", ()) if p not in ("body", "payload")],
+            "message": e.get("msg"),
+        }
+        for e in errors
+    ]

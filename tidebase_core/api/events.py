@@ -1,0 +1,68 @@
+"""``GET /runs/:id/events``: the run's event log as Server-Sent Events (§7.10).
+
+Backlog first (``seq > after``, or ``Last-Event-ID`` when ``after`` is absent), then live
+events as they commit, from any web process (see ``realtime``). Each message is one compact
+``data:`` line then ``id: <seq>``, with no ``event:`` line so browsers' ``onmessage`` fires.
+A comment line every ``TIDEBASE_SSE_KEEPALIVE_S`` keeps proxies from closing an idle stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
+
+from tidebase_core import wire
+from tidebase_core.api.common import seg
+from tidebase_core.exceptions import InvalidRequest
+from tidebase_core.realtime import hub
+from tidebase_core.selectors.runs import events_after
+
+
+def _start(request: HttpRequest) -> int:
+    raw = request.GET.get("after")
+    if raw is None:
+        raw = request.headers.get("Last-Event-ID") or "0"
+    try:
+        after = int(raw)
+    except ValueError:
+        raise InvalidRequest("after must be an integer", field="after") from None
+    if after < 0:
+        raise InvalidRequest("after must be >= 0", field="after")
+    return after
+
+
+def _stream(run_id: str, after: int) -> Iterator[bytes]:
+    flag = hub.subscribe(run_id)
+    keepalive = settings.TIDEBASE_SSE_KEEPALIVE_S
+    try:
+        yield b": connected\n\n"
+        while True:
+            flag.clear()
+            batch = events_after(run_id=run_id, after=after)
+            close_old_connections()
+            if batch:
+                chunk = []
+                for event in batch:
+                    chunk.append(
+                        b"data: " + wire.dumps(wire.event_out(event)) + b"\nid: " + str(event.seq).encode() + b"\n\n"
+                    )
+                    after = event.seq
+                yield b"".join(chunk)
+                continue
+            if not flag.wait(keepalive):
+                yield b": keep-alive\n\n"
+    finally:
+        hub.unsubscribe(run_id, flag)
+
+
+def run_events(request: HttpRequest, run_id: str) -> HttpResponseBase:
+    if request.method != "GET":
+        return wire.json_response({"error": "method not allowed", "code": "method_not_allowed"}, 405)
+    after = _start(request)
+    response = StreamingHttpResponse(_stream(seg(run_id), after), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response

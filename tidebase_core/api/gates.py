@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from ninja import Router
+
+from tidebase_core import wire
+from tidebase_core.api.common import principal, seg
+from tidebase_core.api.schemas import GateBeginIn, GateResolveIn
+from tidebase_core.auth import TOKEN_ONLY
+from tidebase_core.exceptions import Forbidden, InvalidRequest
+from tidebase_core.realtime import hub
+from tidebase_core.services import gates as services
+
+router = Router(tags=["gates"])
+
+
+@router.post("/{run_id}/gates/begin", operation_id="begin_gate")
+def begin_gate(request: HttpRequest, run_id: str, payload: GateBeginIn) -> HttpResponse:
+    gate, _created = services.gate_begin(
+        run_id=seg(run_id),
+        name=payload.name,
+        prompt=payload.prompt,
+        data=payload.data,
+        channels=[c.as_dict() for c in payload.channels or []],
+        capability=payload.capability,
+        timeout_ms=payload.timeoutMs,
+    )
+    return wire.json_response(
+        {
+            "action": "wait" if gate.status == "pending" else "return",
+            "gate": wire.gate_out(gate, show_token=principal(request).can_resolve),
+        }
+    )
+
+
+@router.get("/{run_id}/gates/{gate_id}", operation_id="get_gate")
+def get_gate(request: HttpRequest, run_id: str, gate_id: str, waitMs: int = 0) -> HttpResponse:
+    """Poll a gate. Additive: ``?waitMs=N`` long-polls, answering as soon as the gate is decided
+    or the run is cancelled (woken by the event NOTIFY), or after N ms (max
+    ``TIDEBASE_GATE_WAIT_MAX_MS``) with the still-pending gate."""
+    rid, gid = seg(run_id), seg(gate_id)
+    if waitMs < 0:
+        raise InvalidRequest("waitMs must be >= 0", field="waitMs")
+    deadline = time.monotonic() + min(waitMs, settings.TIDEBASE_GATE_WAIT_MAX_MS) / 1000
+    flag = hub.subscribe(rid) if waitMs > 0 else None
+    try:
+        while True:
+            gate, run_status = services.gate_get(run_id=rid, gate_id=gid)
+            remaining = deadline - time.monotonic()
+            if gate.status != "pending" or run_status == "cancelled" or flag is None or remaining <= 0:
+                break
+            flag.wait(remaining)
+            flag.clear()
+    finally:
+        if flag is not None:
+            hub.unsubscribe(rid, flag)
+    return wire.json_response(
+        {
+            "gate": wire.gate_out(gate, show_token=principal(request).can_resolve),
+            "runStatus": run_status,
+        }
+    )
+
+
+@router.post("/{run_id}/gates/{gate_id}/resolve", operation_id="resolve_gate")
+def resolve_gate(request: HttpRequest, run_id: str, gate_id: str, payload: GateResolveIn) -> HttpResponse:
+    """Resolve a gate once. Operators, admins and the env key may resolve by key; anyone holding
+    the gate's resolve token may resolve that gate without a key (it is the capability handed
+    out in ``resolveUrl`` payloads). Agent keys may not resolve at all."""
+    who = principal(request)
+    if who is not TOKEN_ONLY and not who.can_resolve:
+        raise Forbidden("agent keys may not resolve gates", scope=who.scope)
+    if who is TOKEN_ONLY and not payload.token:
+        raise InvalidRequest("token is required", field="token")
+    gate = services.gate_resolve(
+        run_id=seg(run_id),
+        gate_id=seg(gate_id),
+        decision=payload.decision,
+        token=payload.token,
+        actor=payload.actor,
+        payload=payload.payload,
+        decided_by=who.label,
+        require_token=who is TOKEN_ONLY,
+    )
+    return wire.json_response({"gate": wire.gate_out(gate, show_token=who.can_resolve)})

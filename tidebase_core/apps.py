@@ -1,0 +1,9 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class TidebaseCoreConfig(AppConfig):
+    name = "tidebase_core"
+    verbose_name = "Tidebase"
+    default_auto_field = "django.db.models.BigAutoField"

@@ -1,0 +1,64 @@
+"""Raw-SQL helpers for the hot paths.
+
+Django's psycopg backend loads ``jsonb`` as text; ``fetch_rows`` marks the JSON columns it is
+told about as ``RawJson`` (spliced verbatim by ``wire.dumps``), so they reach clients without a
+decode/encode round trip, and exposes columns as attributes for the ``wire`` serializers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from django.db import connection
+from psycopg.types.json import Jsonb
+
+from tidebase_core.wire import RawJson, dumps
+
+STEP_JSON = frozenset({"input", "options", "resume_contract", "output", "error"})
+RUN_JSON = frozenset({"input", "metadata", "result", "error"})
+EVENT_JSON = frozenset({"payload"})
+
+
+class Row:
+    __slots__ = ("__dict__",)
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.__dict__.update(data)
+
+    def __getattr__(self, name: str) -> Any:  # pragma: no cover - programming error
+        raise AttributeError(name)
+
+
+def jsonb(value: Any) -> Any:
+    """A parameter for a jsonb column, encoded with orjson."""
+    return Jsonb(value, dumps=dumps)
+
+
+def wrap(row: dict[str, Any], json_cols: frozenset[str]) -> Row:
+    for col in json_cols:
+        raw = row.get(col)
+        if raw is not None:
+            row[col] = RawJson(raw)
+    return Row(row)
+
+
+def fetch_rows(sql: str, params: Any, json_cols: frozenset[str] = frozenset()) -> list[Row]:
+    with connection.cursor() as cur:
+        cur.execute(sql, params)
+        if cur.description is None:
+            return []
+        names = [d[0] for d in cur.description]
+        return [wrap(dict(zip(names, rec, strict=True)), json_cols) for rec in cur.fetchall()]
+
+
+def fetch_one(sql: str, params: Any, json_cols: frozenset[str] = frozenset()) -> Row | None:
+    rows = fetch_rows(sql, params, json_cols)
+    return rows[0] if rows else None
+
+
+def py(value: Any) -> Any:
+    """Decode a raw JSON column (or pass a Python value through) when the server must inspect it."""
+    if isinstance(value, RawJson):
+        return orjson.loads(value)
+    return value

@@ -1,0 +1,43 @@
+"""Serve the project with gunicorn (threaded workers: SSE streams and gate long-polls hold a
+thread each while they wait). Applies migrations first unless TIDEBASE_AUTO_MIGRATE=0, in
+which case it refuses to start with migrations pending (PROTOCOL.md §16)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+
+
+class Command(BaseCommand):
+    help = "Run the Tidebase web server (gunicorn) on $PORT."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--port", type=int, default=settings.PORT)
+        parser.add_argument("--host", default=os.environ.get("TIDEBASE_HOST", "127.0.0.1"))
+        parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_WORKERS", "2")))
+        parser.add_argument("--threads", type=int, default=int(os.environ.get("WEB_THREADS", "32")))
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        executor = MigrationExecutor(connection)
+        pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
+        if pending:
+            if not settings.TIDEBASE_AUTO_MIGRATE:
+                raise CommandError(f"{len(pending)} migrations are pending and TIDEBASE_AUTO_MIGRATE=0")
+            call_command("migrate", interactive=False, verbosity=1)
+        connection.close()
+        bind = f"{options['host']}:{options['port']}"
+        self.stdout.write(f"Tidebase listening on http://{bind} (dashboard /dashboard/, admin /admin/)")
+        argv = [
+            sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", bind,
+            "--workers", str(options["workers"]), "--worker-class", "gthread",
+            "--threads", str(options["threads"]), "--access-logfile", "-" if settings.DEBUG else "/dev/null",
+            "--graceful-timeout", "5", "--timeout", "120",
+        ]
+        os.execv(sys.executable, argv)  # noqa: S606

@@ -1,0 +1,32 @@
+"""Data model of the durable core. Table names are explicit (``tb_*``): hot paths use raw SQL."""
+
+from __future__ import annotations
+
+from tidebase_core.models.gates import Gate, GateStatus
+from tidebase_core.models.keys import ApiKey, KeyScope
+from tidebase_core.models.outbox import ChannelDelivery, DeliveryStatus, RecoveryAttempt
+from tidebase_core.models.runs import Channel, Event, Run, RunEdge, RunStatus
+from tidebase_core.models.state import RunState, StateStream, StateVersion
+from tidebase_core.models.steps import Step, StepStatus
+from tidebase_core.models.usage import UsageRecord
+
+__all__ = [
+    "ApiKey",
+    "Channel",
+    "ChannelDelivery",
+    "DeliveryStatus",
+    "Event",
+    "Gate",
+    "GateStatus",
+    "KeyScope",
+    "RecoveryAttempt",
+    "Run",
+    "RunEdge",
+    "RunState",
+    "RunStatus",
+    "StateStream",
+    "StateVersion",
+    "Step",
+    "StepStatus",
+    "UsageRecord",
+]

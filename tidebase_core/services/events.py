@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import connection
+
+from tidebase_core.db import jsonb
+from tidebase_core.ids import delivery_id
+
+# One statement: bump the run's event counter (taking the run row lock, which serializes
+# writers of this run's log so sequence numbers are gap-free and strictly ordered) and insert
+# the event with that number. A trigger (migration 0002) NOTIFYs listeners; Postgres delivers
+# notifications only at commit, so subscribers never see an event that was rolled back.
+APPEND_SQL = """
+WITH s AS (UPDATE tb_run SET event_seq = event_seq + 1 WHERE id = %s RETURNING id, event_seq)
+INSERT INTO tb_event (run_id, seq, type, payload, created_at)
+SELECT id, event_seq, %s, %s, now() FROM s RETURNING seq
+"""
+
+# Outbox rows for the run's channels that subscribe to this event type, in one statement.
+CHANNEL_SQL = """
+INSERT INTO tb_channel_delivery
+  (id, run_id, channel_id, gate_id, url, secret, event_type, payload, status, attempts,
+   next_attempt_at, created_at)
+SELECT 'del_' || replace(gen_random_uuid()::text, '-', ''), c.run_id, c.id, %s, c.url, c.secret,
+       %s, %s, 'pending', 0, now(), now()
+FROM tb_channel c
+WHERE c.run_id = %s AND (jsonb_array_length(c.events) = 0 OR c.events ? %s)
+"""
+
+
+def event_append(*, run_id: str, type: str, payload: Any) -> int:
+    """Append one event to the run's log and return its ``seq``. Runs inside the caller's
+    transaction; takes the run row lock (FOR NO KEY UPDATE) until that transaction ends."""
+    with connection.cursor() as cur:
+        cur.execute(APPEND_SQL, (run_id, type, jsonb(payload)))
+        row = cur.fetchone()
+    if row is None:
+        raise LookupError(run_id)
+    return int(row[0])
+
+
+def notify_channels(
+    *,
+    run_id: str,
+    event_type: str,
+    payload: Any,
+    gate_id: str | None = None,
+    inline_channels: list[dict[str, Any]] | None = None,
+) -> None:
+    """Write channel-delivery outbox rows (PROTOCOL.md §8.2) inside the caller's transaction:
+    the run's stored channels plus, for gate events, the gate's inline channels."""
+    with connection.cursor() as cur:
+        cur.execute(CHANNEL_SQL, (gate_id, event_type, jsonb(payload), run_id, event_type))
+        for channel in inline_channels or []:
+            events = channel.get("events") or []
+            if events and event_type not in events:
+                continue
+            cur.execute(
+                """INSERT INTO tb_channel_delivery (id, run_id, channel_id, gate_id, url, secret,
+                   event_type, payload, status, attempts, next_attempt_at, created_at)
+                   VALUES (%s, %s, NULL, %s, %s, %s, %s, %s, 'pending', 0, now(), now())""",
+                [delivery_id(), run_id, gate_id, channel["url"], channel.get("secret"), event_type, jsonb(payload)],
+            )

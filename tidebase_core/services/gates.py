@@ -1,0 +1,174 @@
+"""Durable approval gates: begin (idempotent by name), resolve (exactly once), timeouts."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.db.models.functions import Now
+
+from tidebase_core import wire
+from tidebase_core.exceptions import GateAlreadyResolved, InvalidToken, NotFound, RunCancelled, RunNotFound
+from tidebase_core.models import Gate, Run
+from tidebase_core.services.events import event_append, notify_channels
+from tidebase_core.services.time import db_now
+
+
+def gate_begin(
+    *,
+    run_id: str,
+    name: str,
+    prompt: str,
+    data: Any = None,
+    channels: list[dict[str, Any]] | None = None,
+    capability: Any = None,
+    timeout_ms: int | None = None,
+) -> tuple[Gate, bool]:
+    """Open gate ``name`` on a run, or return the existing one unchanged (§7.4). Returns
+    ``(gate, created)``. Raises RunNotFound or RunCancelled. ``timeoutMs`` is stored and
+    enforced: the reconciler cancels the gate at ``timeout_at`` (our fix of §18.7)."""
+    run = Run.objects.filter(id=run_id).values_list("status", flat=True).first()
+    if run is None:
+        raise RunNotFound()
+    if run == "cancelled":
+        raise RunCancelled("run is cancelled")
+    existing = Gate.objects.filter(run_id=run_id, name=name).first()
+    if existing is not None:
+        return existing, False
+    try:
+        return _gate_create(
+            run_id=run_id,
+            name=name,
+            prompt=prompt,
+            data=data,
+            channels=channels,
+            capability=capability,
+            timeout_ms=timeout_ms,
+        ), True
+    except IntegrityError:  # a concurrent begin of the same name won; return its gate
+        return Gate.objects.get(run_id=run_id, name=name), False
+
+
+@transaction.atomic(durable=True)
+def _gate_create(
+    *,
+    run_id: str,
+    name: str,
+    prompt: str,
+    data: Any,
+    channels: list[dict[str, Any]] | None,
+    capability: Any,
+    timeout_ms: int | None,
+) -> Gate:
+    now = db_now()
+    gate = Gate.objects.create(
+        run_id=run_id,
+        name=name,
+        prompt=prompt,
+        data={} if data is None else data,
+        channels=channels or [],
+        capability=capability,
+        timeout_ms=timeout_ms,
+        timeout_at=now + dt.timedelta(milliseconds=timeout_ms) if timeout_ms else None,
+    )
+    event_append(run_id=run_id, type="gate.created", payload={"gate": wire.public_gate(gate, show_token=False)})
+    notify_channels(
+        run_id=run_id,
+        event_type="gate.created",
+        payload={"gate": wire.public_gate(gate, show_token=True)},
+        gate_id=gate.id,
+        inline_channels=channels,
+    )
+    return gate
+
+
+def gate_get(*, run_id: str, gate_id: str) -> tuple[Gate, str]:
+    """A gate of a run and the run's status (for cancellation detection). Raises NotFound."""
+    gate = (
+        Gate.objects.select_related("run")
+        .filter(id=gate_id, run_id=run_id)
+        .only(*[f.name for f in Gate._meta.concrete_fields], "run__status")
+        .first()
+    )
+    if gate is None:
+        raise NotFound("gate not found")
+    return gate, gate.run.status
+
+
+@transaction.atomic(durable=True)
+def gate_resolve(
+    *,
+    run_id: str,
+    gate_id: str,
+    decision: str,
+    token: str | None,
+    actor: str | None,
+    payload: Any,
+    decided_by: str,
+    require_token: bool,
+) -> Gate:
+    """Resolve a pending gate exactly once: a conditional UPDATE on ``status='pending'`` (and
+    the token, when the caller is authorized by the token alone). Whatever mix of dashboard
+    clicks, API calls and token links races, one wins; the others get GateAlreadyResolved or
+    InvalidToken (409) and change nothing. Emits ``gate.resolved`` and its channel event."""
+    match = Q(id=gate_id, run_id=run_id, status="pending")
+    if require_token or token:
+        match &= Q(resolve_token=token or "")
+    updated = Gate.objects.filter(match).update(
+        status=decision,
+        decision=decision,
+        actor=actor or decided_by,
+        decided_by=decided_by,
+        decision_payload={} if payload is None else payload,
+        resolved_at=Now(),
+        updated_at=Now(),
+    )
+    gate = Gate.objects.filter(id=gate_id, run_id=run_id).first()
+    if gate is None:
+        raise NotFound("gate not found")
+    if updated != 1:
+        if gate.status != "pending":
+            raise GateAlreadyResolved(
+                f"gate already {gate.status} by {gate.actor or gate.decided_by or 'someone'}",
+                gate={"id": gate.id, "status": gate.status, "decision": gate.decision, "actor": gate.actor},
+            )
+        raise InvalidToken("invalid resolve token")
+    public = wire.public_gate(gate, show_token=False)
+    event_append(run_id=run_id, type="gate.resolved", payload={"gate": public})
+    notify_channels(
+        run_id=run_id,
+        event_type="gate.resolved",
+        payload={"gate": public},
+        gate_id=gate.id,
+        inline_channels=gate.channels,
+    )
+    return gate
+
+
+def gate_expire_due(*, limit: int = 100) -> int:
+    """Cancel pending gates whose timeout has passed (the reconciler calls this). Each gate
+    resolves through the same exactly-once update as a human decision."""
+    due = list(
+        Gate.objects.filter(status="pending", timeout_at__lte=Now())
+        .order_by("timeout_at")
+        .values_list("id", "run_id")[:limit]
+    )
+    count = 0
+    for gid, rid in due:
+        try:
+            gate_resolve(
+                run_id=rid,
+                gate_id=gid,
+                decision="canceled",
+                token=None,
+                actor="timeout",
+                payload={"reason": "timeout"},
+                decided_by="reconciler",
+                require_token=False,
+            )
+            count += 1
+        except (GateAlreadyResolved, InvalidToken, NotFound):
+            continue
+    return count

@@ -1,0 +1,267 @@
+"""Step checkpoints: the hot path. First begin, replay and complete are one SQL statement each
+(autocommit, no BEGIN/COMMIT round trips); the rare contended cases take a short transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from tidebase_core import protocol
+from tidebase_core.db import STEP_JSON, Row, fetch_one, fetch_rows, jsonb, py
+from tidebase_core.exceptions import LeaseLost, RunNotFound
+from tidebase_core.ids import step_id as new_step_id
+from tidebase_core.services.events import event_append, notify_channels
+from tidebase_core.wire import step_out
+
+# The run lease is renewed by any step call of its owner (our fix of §18.4). To keep replays
+# read-only, it is only rewritten once less than half of the lease remains.
+RENEW = """lease_expires_at = CASE
+    WHEN t.status = 'running' AND t.lease_owner = %(owner)s
+         AND t.lease_expires_at < now() + %(half)s * interval '1 millisecond'
+    THEN now() + %(lease)s * interval '1 millisecond' ELSE t.lease_expires_at END"""
+
+# First begin or replay in one statement. ``ins`` only inserts when no step of that name is
+# visible; a concurrent first begin loses on the unique (run, name) index (DO NOTHING) and the
+# caller falls back to the locked path. The event's seq comes from the run row (``bump``).
+BEGIN_SQL = f"""
+WITH r AS (SELECT id, status, attempt, lease_owner FROM tb_run WHERE id = %(run)s),
+existing AS (SELECT * FROM tb_step WHERE run_id = %(run)s AND name = %(name)s),
+ins AS (
+  INSERT INTO tb_step (id, run_id, name, input_hash, input, options, resume_contract, status,
+                       lease_owner, lease_expires_at, lease_fence, attempt, started_at,
+                       created_at, updated_at)
+  SELECT %(step_id)s, r.id, %(name)s, %(hash)s, %(input)s, %(options)s, %(contract)s, 'running',
+         %(owner)s, now() + %(lease)s * interval '1 millisecond',
+         CASE WHEN r.lease_owner = %(owner)s THEN r.attempt END, 1, now(), now(), now()
+  FROM r WHERE r.status <> 'cancelled' AND NOT EXISTS (SELECT 1 FROM existing)
+  ON CONFLICT (run_id, name) DO NOTHING
+  RETURNING *
+),
+bump AS (
+  UPDATE tb_run t SET event_seq = t.event_seq + 1, {RENEW}
+  FROM ins WHERE t.id = ins.run_id RETURNING t.event_seq
+),
+ev AS (
+  INSERT INTO tb_event (run_id, seq, type, payload, created_at)
+  SELECT %(run)s, bump.event_seq, 'step.started', %(payload)s, now() FROM bump
+)
+SELECT r.status AS run_status, (SELECT count(*) FROM ins) AS inserted, s.*
+FROM (SELECT 1) one
+LEFT JOIN r ON true
+LEFT JOIN LATERAL (SELECT * FROM ins UNION ALL SELECT * FROM existing) s ON true
+"""
+
+COMPLETE_SQL = f"""
+WITH r AS (SELECT id, attempt FROM tb_run WHERE id = %(run)s FOR NO KEY UPDATE),
+upd AS (
+  UPDATE tb_step s SET status = 'completed', output = %(output)s, error = NULL, lease_owner = NULL,
+         lease_expires_at = NULL, completed_at = now(), updated_at = now()
+  FROM r
+  WHERE s.id = %(step)s AND s.run_id = r.id AND s.lease_owner = %(owner)s
+    AND (s.lease_fence IS NULL OR s.lease_fence = r.attempt)
+  RETURNING s.*
+),
+bump AS (
+  UPDATE tb_run t SET event_seq = t.event_seq + 1, {RENEW}
+  FROM upd WHERE t.id = upd.run_id RETURNING t.event_seq
+),
+ev AS (
+  INSERT INTO tb_event (run_id, seq, type, payload, created_at)
+  SELECT upd.run_id, bump.event_seq, 'step.completed',
+         jsonb_build_object('stepId', upd.id, 'name', upd.name,
+                            'checkpointInvariant', upd.resume_contract -> 'checkpointInvariant',
+                            'verifiedBy', upd.resume_contract -> 'verifiedBy'),
+         now()
+  FROM bump, upd
+)
+SELECT * FROM upd
+"""
+
+
+@dataclass
+class BeginResult:
+    action: str
+    step: Row | None = None
+    lease_owner: str | None = None
+    expected_hash: str | None = None
+
+
+def _lease_params(owner: str) -> dict[str, Any]:
+    lease = settings.TIDEBASE_LEASE_MS
+    return {"owner": owner, "lease": lease, "half": lease // 2}
+
+
+def step_begin(
+    *, run_id: str, name: str, input_hash: str, input: Any, options: dict[str, Any] | None, owner: str
+) -> BeginResult:
+    """steps/begin (§7.1): decide execute / return / locked / input_mismatch / cancelled.
+
+    The common cases (new step, completed step) cost one statement; an existing unfinished
+    step goes through ``_begin_locked``. Raises RunNotFound."""
+    options = options or {}
+    contract = protocol.resume_contract(options)
+    sid = new_step_id()
+    params = {
+        "run": run_id,
+        "name": name,
+        "hash": input_hash,
+        "step_id": sid,
+        "input": jsonb({} if input is None else input),
+        "options": jsonb(options),
+        "contract": jsonb(contract),
+        "payload": jsonb({"stepId": sid, "name": name, "attempt": 1, "resumeContract": contract}),
+        **_lease_params(owner),
+    }
+    row = fetch_one(BEGIN_SQL, params, STEP_JSON)
+    assert row is not None
+    if row.run_status is None:
+        raise RunNotFound()
+    if row.run_status == "cancelled":
+        return BeginResult("cancelled")
+    if row.inserted:
+        return BeginResult("execute", row, owner)
+    if row.id is not None:
+        if row.input_hash != input_hash:
+            return BeginResult("input_mismatch", row, expected_hash=row.input_hash)
+        if row.status == "completed":
+            return BeginResult("return", row)
+    return _begin_locked(
+        run_id=run_id, name=name, input_hash=input_hash, input=input, options=options, contract=contract, owner=owner
+    )
+
+
+@transaction.atomic(durable=True)
+def _begin_locked(
+    *,
+    run_id: str,
+    name: str,
+    input_hash: str,
+    input: Any,
+    options: dict[str, Any],
+    contract: dict[str, Any],
+    owner: str,
+) -> BeginResult:
+    """Re-begin of an existing step under the run lock then the step lock (the lock order used
+    by every step write, so they cannot deadlock)."""
+    run = fetch_one(
+        "SELECT status, attempt, lease_owner, now() AS now FROM tb_run WHERE id = %s FOR NO KEY UPDATE",
+        [run_id],
+    )
+    if run is None:
+        raise RunNotFound()
+    if run.status == "cancelled":
+        return BeginResult("cancelled")
+    step = fetch_one("SELECT * FROM tb_step WHERE run_id = %s AND name = %s FOR UPDATE", [run_id, name], STEP_JSON)
+    if step is None:  # pragma: no cover - a step is never deleted while its run exists
+        raise RunNotFound()
+    action = protocol.decide_step_begin(
+        protocol.StepView(step.status, step.input_hash, step.lease_owner, step.lease_expires_at, step.lease_fence),
+        input_hash=input_hash,
+        owner=owner,
+        run=protocol.RunLeaseView(run.lease_owner, run.attempt),
+        now=run.now,
+    )
+    if action == "input_mismatch":
+        return BeginResult(action, step, expected_hash=step.input_hash)
+    if action in ("return", "locked"):
+        return BeginResult(action, step)
+    updated = fetch_one(
+        """UPDATE tb_step SET status = 'running', lease_owner = %(owner)s,
+              lease_expires_at = now() + %(lease)s * interval '1 millisecond',
+              lease_fence = CASE WHEN %(run_owner)s::text = %(owner)s THEN %(attempt)s END,
+              attempt = attempt + 1, input_hash = %(hash)s, input = %(input)s, options = %(options)s,
+              resume_contract = %(contract)s, updated_at = now()
+            WHERE id = %(step)s RETURNING *""",
+        {
+            "step": step.id,
+            "hash": input_hash,
+            "input": jsonb({} if input is None else input),
+            "options": jsonb(options),
+            "contract": jsonb(contract),
+            "run_owner": run.lease_owner,
+            "attempt": run.attempt,
+            **_lease_params(owner),
+        },
+        STEP_JSON,
+    )
+    assert updated is not None
+    fetch_rows(f"UPDATE tb_run t SET {RENEW} WHERE t.id = %(run)s", {"run": run_id, **_lease_params(owner)})
+    event_append(
+        run_id=run_id,
+        type="step.started",
+        payload={
+            "stepId": updated.id,
+            "name": name,
+            "attempt": updated.attempt,
+            "resumeContract": contract,
+        },
+    )
+    return BeginResult("execute", updated, owner)
+
+
+def step_complete(*, run_id: str, step_id: str, owner: str, output: Any) -> Row:
+    """Checkpoint a step's output: a compare-and-set on (step, run, owner, fence) in one
+    statement. A stale holder — after a step takeover, or after a newer run lease — matches
+    nothing and gets LeaseLost (409). Emits ``step.completed``."""
+    row = fetch_one(
+        COMPLETE_SQL, {"run": run_id, "step": step_id, "output": jsonb(output), **_lease_params(owner)}, STEP_JSON
+    )
+    if row is None:
+        raise LeaseLost("step not found or lease lost")
+    return row
+
+
+@transaction.atomic(durable=True)
+def step_fail(
+    *, run_id: str, step_id: str, owner: str, error: Any, retryable: bool, resume_decision: str | None
+) -> Row:
+    """Record a step failure (§7.3), fenced like complete. Classifies it server-side when the
+    client sends no decision (§12.2). Emits ``step.failed`` and its channel event."""
+    run = fetch_one("SELECT attempt FROM tb_run WHERE id = %s FOR NO KEY UPDATE", [run_id])
+    if run is None:
+        raise LeaseLost("step not found or lease lost")
+    step = fetch_one(
+        """SELECT resume_contract FROM tb_step WHERE id = %s AND run_id = %s AND lease_owner = %s
+           AND (lease_fence IS NULL OR lease_fence = %s) FOR UPDATE""",
+        [step_id, run_id, owner, run.attempt],
+        STEP_JSON,
+    )
+    if step is None:
+        raise LeaseLost("step not found or lease lost")
+    contract = py(step.resume_contract)
+    decision = resume_decision or protocol.classify_failure(contract, retryable=retryable)
+    status = protocol.failed_step_status(retryable=retryable, decision=decision)
+    updated = fetch_one(
+        """UPDATE tb_step SET status = %s, error = %s, lease_owner = NULL, lease_expires_at = NULL,
+              updated_at = now() WHERE id = %s RETURNING *""",
+        [status, jsonb(error), step_id],
+        STEP_JSON,
+    )
+    assert updated is not None
+    fetch_rows(f"UPDATE tb_run t SET {RENEW} WHERE t.id = %(run)s", {"run": run_id, **_lease_params(owner)})
+    event_append(
+        run_id=run_id,
+        type="step.failed",
+        payload={
+            "stepId": step_id,
+            "name": updated.name,
+            "retryable": retryable,
+            "resumeDecision": decision,
+            "resumeContract": contract,
+            "error": error,
+        },
+    )
+    notify_channels(
+        run_id=run_id,
+        event_type="step.failed",
+        payload={
+            "step": step_out(updated),
+            "retryable": retryable,
+            "resumeDecision": decision,
+            "error": error,
+        },
+    )
+    return updated

@@ -1,0 +1,314 @@
+"""Wire shapes of PROTOCOL.md §3: model (or raw row) → JSON-ready dict.
+
+Serializers read attributes, so they accept model instances and ``db.Row`` objects alike. JSON
+columns of raw rows arrive as ``RawJson`` text (see ``db.py``) and are spliced into responses
+unparsed, so a multi-megabyte checkpoint is never decoded and re-encoded on the replay path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.http import HttpResponse
+
+
+def ts(value: dt.datetime | None) -> str | None:
+    """ISO-8601 UTC with exactly three fractional digits and ``Z`` (JS ``toISOString``)."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def num(value: Decimal | None) -> float | int | None:
+    """Decimals go out as JSON numbers (PROTOCOL.md §19.13)."""
+    if value is None:
+        return None
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+class RawJson(str):
+    """JSON text read from a jsonb column; serialized verbatim, never re-parsed."""
+
+    __slots__ = ()
+
+
+_OPTS = orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, RawJson):
+        return orjson.Fragment(str(value))
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, list):
+        return list(value)
+    if isinstance(value, Decimal):
+        return num(value)
+    if isinstance(value, dt.datetime):
+        return ts(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def dumps(data: Any) -> bytes:
+    return orjson.dumps(data, default=_default, option=_OPTS)
+
+
+def json_response(data: Any, status: int = 200) -> HttpResponse:
+    return HttpResponse(dumps(data), status=status, content_type="application/json")
+
+
+def run_out(r: Any) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "workflowName": r.workflow_name,
+        "input": r.input,
+        "metadata": r.metadata,
+        "status": r.status,
+        "result": r.result,
+        "error": r.error,
+        "recoveryWebhook": r.recovery_webhook,
+        "leaseOwner": r.lease_owner,
+        "leaseExpiresAt": ts(r.lease_expires_at),
+        "attempt": r.attempt,
+        "queue": r.queue,
+        "dedupeKey": r.dedupe_key,
+        "priority": r.priority,
+        "runAt": ts(r.run_at),
+        "maxAttempts": r.max_attempts,
+        "deadlineAt": ts(r.deadline_at),
+        "cancelRequestedAt": ts(r.cancel_requested_at),
+        "cancelledAt": ts(r.cancelled_at),
+        "cancelReason": r.cancel_reason,
+        "cancelActor": r.cancel_actor,
+        "failureClass": r.failure_class,
+        "createdAt": ts(r.created_at),
+        "updatedAt": ts(r.updated_at),
+        "completedAt": ts(r.completed_at),
+    }
+
+
+def step_out(s: Any) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "runId": s.run_id,
+        "name": s.name,
+        "inputHash": s.input_hash,
+        "input": s.input,
+        "options": s.options,
+        "resumeContract": s.resume_contract,
+        "status": s.status,
+        "output": s.output,
+        "error": s.error,
+        "leaseOwner": s.lease_owner,
+        "leaseExpiresAt": ts(s.lease_expires_at),
+        "attempt": s.attempt,
+        "startedAt": ts(s.started_at),
+        "completedAt": ts(s.completed_at),
+        "createdAt": ts(s.created_at),
+        "updatedAt": ts(s.updated_at),
+    }
+
+
+def resolve_url(g: Any) -> str:
+    return f"{settings.TIDEBASE_PUBLIC_URL}/runs/{g.run_id}/gates/{g.id}/resolve"
+
+
+def gate_out(g: Any, *, show_token: bool) -> dict[str, Any]:
+    """Full gate form. Inline channel secrets are never echoed; the resolve token only to
+    callers that may resolve the gate (PROTOCOL.md §18.8, decided in docs/decisions.md)."""
+    return {
+        "id": g.id,
+        "runId": g.run_id,
+        "name": g.name,
+        "prompt": g.prompt,
+        "data": g.data,
+        "status": g.status,
+        "decision": g.decision,
+        "actor": g.actor,
+        "decidedBy": g.decided_by,
+        "decisionPayload": g.decision_payload,
+        "capability": g.capability,
+        "channels": [redact_channel(c) for c in (g.channels or [])],
+        "resolveToken": g.resolve_token if show_token else None,
+        "resolveUrl": resolve_url(g),
+        "timeoutMs": g.timeout_ms,
+        "timeoutAt": ts(g.timeout_at),
+        "createdAt": ts(g.created_at),
+        "updatedAt": ts(g.updated_at),
+        "resolvedAt": ts(g.resolved_at),
+    }
+
+
+def public_gate(g: Any, *, show_token: bool) -> dict[str, Any]:
+    return {
+        "id": g.id,
+        "runId": g.run_id,
+        "name": g.name,
+        "prompt": g.prompt,
+        "data": g.data,
+        "status": g.status,
+        "decision": g.decision,
+        "actor": g.actor,
+        "capability": g.capability,
+        "resolveUrl": resolve_url(g),
+        "resolveToken": g.resolve_token if show_token else None,
+    }
+
+
+def redact_channel(c: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in c.items() if k != "secret"}
+    out["hasSecret"] = bool(c.get("secret"))
+    return out
+
+
+def channel_out(c: Any) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "runId": c.run_id,
+        "type": c.type,
+        "config": {"url": c.url, "secret": None, "hasSecret": bool(c.secret)},
+        "events": c.events,
+        "createdAt": ts(c.created_at),
+    }
+
+
+def event_out(e: Any) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "runId": e.run_id,
+        "seq": e.seq,
+        "type": e.type,
+        "payload": e.payload,
+        "createdAt": ts(e.created_at),
+    }
+
+
+def state_out(s: Any) -> dict[str, Any]:
+    return {"runId": s.run_id, "value": s.value, "version": s.version, "updatedAt": ts(s.updated_at)}
+
+
+def stream_out(s: Any) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "runId": s.run_id,
+        "name": s.name,
+        "targetType": s.target_type,
+        "targetId": s.target_id,
+        "currentVersion": s.current_version,
+        "currentValue": s.current_value,
+        "metadata": s.metadata,
+        "createdAt": ts(s.created_at),
+        "updatedAt": ts(s.updated_at),
+    }
+
+
+def version_out(v: Any) -> dict[str, Any]:
+    return {
+        "id": v.id,
+        "streamId": v.stream_id,
+        "runId": v.run_id,
+        "stepId": v.step_id,
+        "version": v.version,
+        "value": v.value,
+        "patch": v.patch,
+        "label": v.label,
+        "reason": v.reason,
+        "importance": v.importance,
+        "metadata": v.metadata,
+        "createdBy": v.created_by,
+        "createdAt": ts(v.created_at),
+    }
+
+
+def public_version(v: Any) -> dict[str, Any]:
+    return {
+        "id": v.id,
+        "streamId": v.stream_id,
+        "runId": v.run_id,
+        "version": v.version,
+        "label": v.label,
+        "reason": v.reason,
+        "importance": v.importance,
+        "createdAt": ts(v.created_at),
+    }
+
+
+def edge_out(e: Any) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "parentRunId": e.parent_run_id,
+        "childRunId": e.child_run_id,
+        "name": e.name,
+        "edgeType": e.edge_type,
+        "metadata": e.metadata,
+        "createdAt": ts(e.created_at),
+    }
+
+
+def usage_out(u: Any) -> dict[str, Any]:
+    return {
+        "id": u.id,
+        "runId": u.run_id,
+        "stepId": u.step_id,
+        "kind": u.kind,
+        "provider": u.provider,
+        "model": u.model,
+        "label": u.label,
+        "quantity": num(u.quantity),
+        "unit": u.unit,
+        "inputTokens": u.input_tokens,
+        "outputTokens": u.output_tokens,
+        "totalTokens": u.total_tokens,
+        "costUsd": num(u.cost_usd),
+        "metadata": u.metadata,
+        "createdAt": ts(u.created_at),
+    }
+
+
+def recovery_out(a: Any) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "runId": a.run_id,
+        "reason": a.reason,
+        "webhookUrl": a.webhook_url,
+        "status": a.status,
+        "httpStatus": a.http_status,
+        "responseBody": a.response_body,
+        "errorText": a.error_text,
+        "attempts": a.attempts,
+        "createdAt": ts(a.created_at),
+        "completedAt": ts(a.completed_at),
+    }
+
+
+def delivery_out(d: Any, *, show_token: bool) -> dict[str, Any]:
+    payload = d.payload
+    if not show_token and isinstance(payload, dict) and isinstance(payload.get("gate"), dict):
+        payload = {**payload, "gate": {**payload["gate"], "resolveToken": None}}
+    return {
+        "id": d.id,
+        "runId": d.run_id,
+        "channelId": d.channel_id,
+        "gateId": d.gate_id,
+        "eventType": d.event_type,
+        "payload": payload,
+        "status": d.status,
+        "httpStatus": d.http_status,
+        "responseBody": d.response_body,
+        "errorText": d.error_text,
+        "attempts": d.attempts,
+        "createdAt": ts(d.created_at),
+        "completedAt": ts(d.completed_at),
+    }
