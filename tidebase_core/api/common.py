@@ -31,6 +31,16 @@ def require(request: HttpRequest, capability: str) -> Principal:
     return who
 
 
+def idempotency(request: HttpRequest, route: str) -> tuple[str, str] | None:
+    """``(scope, key)`` from an ``Idempotency-Key`` header, scoped to the caller and route."""
+    key = request.headers.get("Idempotency-Key")
+    if not key:
+        return None
+    if len(key) > 200:
+        raise InvalidRequest("Idempotency-Key is longer than 200 characters", field="Idempotency-Key")
+    return f"{principal(request).label}:{route}", key
+
+
 def loads(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)

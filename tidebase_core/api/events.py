@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from django.conf import settings
 from django.db import close_old_connections
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 
 from tidebase_core import wire
 from tidebase_core.api.common import seg

@@ -4,7 +4,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
 from tidebase_core import wire
-from tidebase_core.api.common import optional_body, principal, require, seg
+from tidebase_core.api.common import idempotency, optional_body, principal, require, seg
 from tidebase_core.api.schemas import (
     ChildCreateIn,
     HeartbeatIn,
@@ -31,6 +31,7 @@ def create_run(request: HttpRequest, run_id: str, payload: RunCreateIn) -> HttpR
         metadata=payload.metadata,
         recovery_webhook=str(payload.recoveryWebhook) if payload.recoveryWebhook else None,
         channels=[c.as_dict() for c in payload.channels or []],
+        idempotency=idempotency(request, "run_create"),
     )
     return wire.json_response({"run": wire.run_out(run)})
 

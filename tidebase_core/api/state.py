@@ -4,7 +4,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
 from tidebase_core import wire
-from tidebase_core.api.common import seg
+from tidebase_core.api.common import idempotency, seg
 from tidebase_core.api.schemas import SnapshotIn, StateSaveIn, StateWriteIn, UsageIn
 from tidebase_core.selectors import runs as selectors
 from tidebase_core.services import state as services
@@ -98,5 +98,6 @@ def record_usage(request: HttpRequest, run_id: str, payload: UsageIn) -> HttpRes
         total_tokens=payload.totalTokens,
         cost_usd=Decimal(repr(payload.costUsd)) if payload.costUsd is not None else None,
         metadata=payload.metadata,
+        idempotency=idempotency(request, "usage_record"),
     )
     return wire.json_response({"usage": wire.usage_out(record)})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tidebase_core.models.gates import Gate, GateStatus
-from tidebase_core.models.keys import ApiKey, KeyScope
+from tidebase_core.models.keys import ApiKey, IdempotencyKey, KeyScope
 from tidebase_core.models.outbox import ChannelDelivery, DeliveryStatus, RecoveryAttempt
 from tidebase_core.models.runs import Channel, Event, Run, RunEdge, RunStatus
 from tidebase_core.models.state import RunState, StateStream, StateVersion
@@ -18,6 +18,7 @@ __all__ = [
     "Event",
     "Gate",
     "GateStatus",
+    "IdempotencyKey",
     "KeyScope",
     "RecoveryAttempt",
     "Run",

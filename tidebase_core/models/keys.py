@@ -27,3 +27,23 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.scope})"
+
+
+class IdempotencyKey(models.Model):
+    """A client's ``Idempotency-Key`` for a create (run create, usage, enqueue): a retried
+    request with the same key returns the resource the first one made instead of a second one.
+    The row is inserted in the same transaction as the resource, so concurrent retries settle
+    on the unique index. Kept for 24 hours."""
+
+    scope = models.CharField(max_length=300)
+    key = models.CharField(max_length=200)
+    resource_id = models.CharField(max_length=40)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "tb_idempotency_key"
+        constraints = [models.UniqueConstraint(fields=["scope", "key"], name="tb_idempotency_uniq")]
+        indexes = [models.Index(fields=["created_at"], name="tb_idempotency_created_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.scope}:{self.key}"

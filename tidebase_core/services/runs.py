@@ -9,7 +9,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models.functions import Now
 
-from tidebase_core import protocol, wire
+from tidebase_core import ids, protocol, wire
 from tidebase_core.exceptions import (
     LeaseLost,
     NoRecoveryWebhook,
@@ -20,6 +20,7 @@ from tidebase_core.exceptions import (
 )
 from tidebase_core.models import Channel, RecoveryAttempt, Run, RunEdge
 from tidebase_core.services.events import event_append, notify_channels
+from tidebase_core.services.idempotency import claim_key
 from tidebase_core.services.time import db_now, lease_delta
 
 
@@ -41,8 +42,10 @@ def _insert_run(
     metadata: dict[str, Any] | None,
     recovery_webhook: str | None,
     channels: list[dict[str, Any]] | None,
+    run_id: str | None = None,
 ) -> Run:
     run = Run.objects.create(
+        id=run_id or ids.run_id(),
         workflow_name=workflow_name,
         input={} if input is None else input,
         metadata=metadata or {},
@@ -62,14 +65,22 @@ def run_create(
     metadata: dict[str, Any] | None = None,
     recovery_webhook: str | None = None,
     channels: list[dict[str, Any]] | None = None,
+    idempotency: tuple[str, str] | None = None,
 ) -> Run:
-    """Create a ``pending`` run with its channels; emits ``run.created`` (secrets omitted)."""
+    """Create a ``pending`` run with its channels; emits ``run.created`` (secrets omitted).
+    With ``idempotency=(scope, key)`` a retried create returns the run the first one made."""
+    new_id = ids.run_id()
+    if idempotency is not None:
+        earlier = claim_key(scope=idempotency[0], key=idempotency[1], resource_id=new_id)
+        if earlier is not None:
+            return Run.objects.get(id=earlier)
     run = _insert_run(
         workflow_name=workflow_name,
         input=input,
         metadata=metadata,
         recovery_webhook=recovery_webhook,
         channels=channels,
+        run_id=new_id,
     )
     event_append(
         run_id=run.id,

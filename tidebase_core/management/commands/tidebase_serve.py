@@ -35,9 +35,23 @@ class Command(BaseCommand):
         bind = f"{options['host']}:{options['port']}"
         self.stdout.write(f"Tidebase listening on http://{bind} (dashboard /dashboard/, admin /admin/)")
         argv = [
-            sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", bind,
-            "--workers", str(options["workers"]), "--worker-class", "gthread",
-            "--threads", str(options["threads"]), "--access-logfile", "-" if settings.DEBUG else "/dev/null",
-            "--graceful-timeout", "5", "--timeout", "120",
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "config.wsgi",
+            "--bind",
+            bind,
+            "--workers",
+            str(options["workers"]),
+            "--worker-class",
+            "gthread",
+            "--threads",
+            str(options["threads"]),
+            "--access-logfile",
+            "-" if settings.DEBUG else "/dev/null",
+            "--graceful-timeout",
+            "5",
+            "--timeout",
+            "120",
         ]
         os.execv(sys.executable, argv)  # noqa: S606
