@@ -48,10 +48,13 @@ def get_gate(request: HttpRequest, run_id: str, gate_id: str, waitMs: int = 0) -
     flag = hub.subscribe(rid) if waitMs > 0 else None
     try:
         while True:
-            gate, run_status = services.gate_get(run_id=rid, gate_id=gid)
+            gate, run_status, db_now = services.gate_get(run_id=rid, gate_id=gid)
             remaining = deadline - time.monotonic()
             if gate.status != "pending" or run_status == "cancelled" or flag is None or remaining <= 0:
                 break
+            if gate.timeout_at is not None:  # wake up to report the timeout when it falls due
+                due = (gate.timeout_at - db_now).total_seconds()
+                remaining = min(remaining, max(due, 0) + 0.05)
             flag.wait(remaining)
             flag.clear()
     finally:

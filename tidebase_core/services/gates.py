@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from typing import Any
 
@@ -84,17 +85,32 @@ def _gate_create(
     return gate
 
 
-def gate_get(*, run_id: str, gate_id: str) -> tuple[Gate, str]:
-    """A gate of a run and the run's status (for cancellation detection). Raises NotFound."""
+def gate_get(*, run_id: str, gate_id: str) -> tuple[Gate, str, dt.datetime]:
+    """A gate of a run, the run's status (for cancellation detection) and the database clock.
+    Raises NotFound.
+
+    A pending gate past its ``timeout_at`` is cancelled here too (decision ``canceled``, actor
+    ``timeout``), so a waiting client sees the timeout even between reconciler ticks."""
     gate = (
         Gate.objects.select_related("run")
         .filter(id=gate_id, run_id=run_id)
-        .only(*[f.name for f in Gate._meta.concrete_fields], "run__status")
+        .annotate(db_now=Now())
         .first()
     )
     if gate is None:
         raise NotFound("gate not found")
-    return gate, gate.run.status
+    if gate.status == "pending" and gate.timeout_at is not None and gate.timeout_at <= gate.db_now:
+        with contextlib.suppress(GateAlreadyResolved, InvalidToken):
+            gate_resolve(**_timeout_resolution(gate.run_id, gate.id))
+        return gate_get(run_id=run_id, gate_id=gate_id)
+    return gate, gate.run.status, gate.db_now
+
+
+def _timeout_resolution(run_id: str, gate_id: str) -> dict[str, Any]:
+    return {
+        "run_id": run_id, "gate_id": gate_id, "decision": "canceled", "token": None, "actor": "timeout",
+        "payload": {"reason": "timeout"}, "decided_by": "reconciler", "require_token": False,
+    }
 
 
 @transaction.atomic(durable=True)
@@ -158,16 +174,7 @@ def gate_expire_due(*, limit: int = 100) -> int:
     count = 0
     for gid, rid in due:
         try:
-            gate_resolve(
-                run_id=rid,
-                gate_id=gid,
-                decision="canceled",
-                token=None,
-                actor="timeout",
-                payload={"reason": "timeout"},
-                decided_by="reconciler",
-                require_token=False,
-            )
+            gate_resolve(**_timeout_resolution(rid, gid))
             count += 1
         except (GateAlreadyResolved, InvalidToken, NotFound):
             continue
