@@ -42,7 +42,7 @@ def main() -> None:
         run_id, log_path = sys.argv[2], sys.argv[3]
         tide.run("crash-resume", workflow_factory(log_path, crash_after=4), run_id=run_id)
         return
-    log_path = tempfile.mktemp(suffix=".log")  # noqa: S306
+    log_path = tempfile.mktemp(suffix=".log")
     run = tide.runs.create("crash-resume", input={})
     child = subprocess.run([sys.executable, __file__, "child", run["id"], log_path], check=False)
     assert child.returncode == -signal.SIGKILL, child.returncode

@@ -16,7 +16,7 @@ from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 
 from tidebase_core import wire
 from tidebase_core.api.common import seg
-from tidebase_core.exceptions import InvalidRequest
+from tidebase_core.exceptions import DomainError, InvalidRequest
 from tidebase_core.realtime import hub
 from tidebase_core.selectors.runs import events_after
 
@@ -61,7 +61,10 @@ def _stream(run_id: str, after: int) -> Iterator[bytes]:
 def run_events(request: HttpRequest, run_id: str) -> HttpResponseBase:
     if request.method != "GET":
         return wire.json_response({"error": "method not allowed", "code": "method_not_allowed"}, 405)
-    after = _start(request)
+    try:
+        after = _start(request)
+    except DomainError as exc:  # a plain Django view: render like the ninja error handler
+        return wire.json_response(exc.body(), exc.status_code)
     response = StreamingHttpResponse(_stream(seg(run_id), after), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"

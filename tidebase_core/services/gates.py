@@ -91,12 +91,7 @@ def gate_get(*, run_id: str, gate_id: str) -> tuple[Gate, str, dt.datetime]:
 
     A pending gate past its ``timeout_at`` is cancelled here too (decision ``canceled``, actor
     ``timeout``), so a waiting client sees the timeout even between reconciler ticks."""
-    gate = (
-        Gate.objects.select_related("run")
-        .filter(id=gate_id, run_id=run_id)
-        .annotate(db_now=Now())
-        .first()
-    )
+    gate = Gate.objects.select_related("run").filter(id=gate_id, run_id=run_id).annotate(db_now=Now()).first()
     if gate is None:
         raise NotFound("gate not found")
     if gate.status == "pending" and gate.timeout_at is not None and gate.timeout_at <= gate.db_now:
@@ -108,8 +103,14 @@ def gate_get(*, run_id: str, gate_id: str) -> tuple[Gate, str, dt.datetime]:
 
 def _timeout_resolution(run_id: str, gate_id: str) -> dict[str, Any]:
     return {
-        "run_id": run_id, "gate_id": gate_id, "decision": "canceled", "token": None, "actor": "timeout",
-        "payload": {"reason": "timeout"}, "decided_by": "reconciler", "require_token": False,
+        "run_id": run_id,
+        "gate_id": gate_id,
+        "decision": "canceled",
+        "token": None,
+        "actor": "timeout",
+        "payload": {"reason": "timeout"},
+        "decided_by": "reconciler",
+        "require_token": False,
     }
 
 
