@@ -47,6 +47,9 @@ def database_from_url(url: str) -> dict[str, Any]:
                 env_int("TIDEBASE_STATEMENT_TIMEOUT_MS", 30000),
                 env_int("TIDEBASE_LOCK_TIMEOUT_MS", 10000),
             ),
+            # Django binds parameters client-side, so nothing is prepared implicitly; the hot
+            # path asks for server-side prepared statements explicitly (tidebase_core.db).
+            "prepare_threshold": 1_000_000,
             **query,
         },
         "TEST": {"NAME": os.environ.get("TIDEBASE_TEST_DATABASE_NAME") or None},

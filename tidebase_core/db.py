@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import psycopg
 from django.db import connection
 from psycopg.types.json import Jsonb
 
@@ -57,8 +58,28 @@ def fetch_one(sql: str, params: Any, json_cols: frozenset[str] = frozenset()) ->
     return rows[0] if rows else None
 
 
+def fetch_prepared(sql: str, params: Any, json_cols: frozenset[str] = frozenset()) -> list[Row]:
+    """Run a hot-path statement as a server-side prepared statement on Django's connection.
+
+    Django's cursors bind parameters client-side, so Postgres parses and plans every
+    execution; for the step CTEs planning costs more than executing. A plain psycopg cursor
+    with ``prepare=True`` plans once per connection. Only for single statements outside
+    ``atomic`` (autocommit): the statement is its own transaction. With PgBouncer, use session
+    pooling (or a version that tracks prepared statements)."""
+    if connection.in_atomic_block:
+        return fetch_rows(sql, params, json_cols)
+    connection.ensure_connection()
+    raw = connection.connection
+    with connection.wrap_database_errors, psycopg.Cursor(raw) as cur:
+        cur.execute(sql, params, prepare=True)
+        if cur.description is None:
+            return []
+        names = [d[0] for d in cur.description]
+        return [wrap(dict(zip(names, rec, strict=True)), json_cols) for rec in cur.fetchall()]
+
+
 def py(value: Any) -> Any:
     """Decode a raw JSON column (or pass a Python value through) when the server must inspect it."""
     if isinstance(value, RawJson):
-        return orjson.loads(value)
+        return orjson.loads(str(value))  # orjson refuses str subclasses
     return value

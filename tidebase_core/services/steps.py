@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import transaction
 
 from tidebase_core import protocol
-from tidebase_core.db import STEP_JSON, Row, fetch_one, fetch_rows, jsonb, py
+from tidebase_core.db import STEP_JSON, Row, fetch_one, fetch_prepared, fetch_rows, jsonb, py
 from tidebase_core.exceptions import LeaseLost, RunNotFound
 from tidebase_core.ids import step_id as new_step_id
 from tidebase_core.services.events import event_append, notify_channels
@@ -115,8 +115,7 @@ def step_begin(
         "payload": jsonb({"stepId": sid, "name": name, "attempt": 1, "resumeContract": contract}),
         **_lease_params(owner),
     }
-    row = fetch_one(BEGIN_SQL, params, STEP_JSON)
-    assert row is not None
+    row = fetch_prepared(BEGIN_SQL, params, STEP_JSON)[0]
     if row.run_status is None:
         raise RunNotFound()
     if row.run_status == "cancelled":
@@ -206,12 +205,12 @@ def step_complete(*, run_id: str, step_id: str, owner: str, output: Any) -> Row:
     """Checkpoint a step's output: a compare-and-set on (step, run, owner, fence) in one
     statement. A stale holder — after a step takeover, or after a newer run lease — matches
     nothing and gets LeaseLost (409). Emits ``step.completed``."""
-    row = fetch_one(
+    rows = fetch_prepared(
         COMPLETE_SQL, {"run": run_id, "step": step_id, "output": jsonb(output), **_lease_params(owner)}, STEP_JSON
     )
-    if row is None:
+    if not rows:
         raise LeaseLost("step not found or lease lost")
-    return row
+    return rows[0]
 
 
 @transaction.atomic(durable=True)
