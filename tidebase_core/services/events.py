@@ -6,6 +6,7 @@ from django.db import connection
 
 from tidebase_core.db import jsonb
 from tidebase_core.ids import delivery_id
+from tidebase_core.outbox import after_commit
 
 # One statement: bump the run's event counter (taking the run row lock, which serializes
 # writers of this run's log so sequence numbers are gap-free and strictly ordered) and insert
@@ -26,6 +27,7 @@ SELECT 'del_' || replace(gen_random_uuid()::text, '-', ''), c.run_id, c.id, %s, 
        %s, %s, 'pending', 0, now(), now()
 FROM tb_channel c
 WHERE c.run_id = %s AND (jsonb_array_length(c.events) = 0 OR c.events ? %s)
+RETURNING id
 """
 
 
@@ -49,16 +51,21 @@ def notify_channels(
     inline_channels: list[dict[str, Any]] | None = None,
 ) -> None:
     """Write channel-delivery outbox rows (PROTOCOL.md §8.2) inside the caller's transaction:
-    the run's stored channels plus, for gate events, the gate's inline channels."""
+    the run's stored channels plus, for gate events, the gate's inline channels. The rows are
+    handed to the dispatcher after commit."""
     with connection.cursor() as cur:
         cur.execute(CHANNEL_SQL, (gate_id, event_type, jsonb(payload), run_id, event_type))
+        ids = [row[0] for row in cur.fetchall()]
         for channel in inline_channels or []:
             events = channel.get("events") or []
             if events and event_type not in events:
                 continue
+            new_id = delivery_id()
             cur.execute(
                 """INSERT INTO tb_channel_delivery (id, run_id, channel_id, gate_id, url, secret,
                    event_type, payload, status, attempts, next_attempt_at, created_at)
                    VALUES (%s, %s, NULL, %s, %s, %s, %s, %s, 'pending', 0, now(), now())""",
-                [delivery_id(), run_id, gate_id, channel["url"], channel.get("secret"), event_type, jsonb(payload)],
+                [new_id, run_id, gate_id, channel["url"], channel.get("secret"), event_type, jsonb(payload)],
             )
+            ids.append(new_id)
+    after_commit("channel", ids)

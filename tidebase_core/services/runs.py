@@ -19,6 +19,7 @@ from tidebase_core.exceptions import (
     RunNotFound,
 )
 from tidebase_core.models import Channel, RecoveryAttempt, Run, RunEdge
+from tidebase_core.outbox import after_commit
 from tidebase_core.services.events import event_append, notify_channels
 from tidebase_core.services.idempotency import claim_key
 from tidebase_core.services.time import db_now, lease_delta
@@ -201,7 +202,7 @@ def run_fail(*, run_id: str, error: Any, failure_class: str | None = None) -> tu
     event_append(run_id=run.id, type="run.failed", payload={"error": error, "failureClass": run.failure_class})
     notify_channels(run_id=run.id, event_type="run.failed", payload={"run": wire.run_out(run), "error": error})
     if run.recovery_webhook:
-        _recovery_record(run, reason="run_failed")
+        recovery_record(run, reason="run_failed")
     return run, False
 
 
@@ -241,17 +242,19 @@ def run_cancel(*, run_id: str, reason: str | None = None, actor: str | None = No
     return run
 
 
-def _recovery_record(run: Run, *, reason: str, type: str = "run.resume") -> RecoveryAttempt:
-    """Outbox row for a recovery webhook plus ``recovery.started``; inside the caller's
-    transaction. The dispatcher delivers it after commit and records the outcome."""
+def recovery_record(run: Run, *, reason: str, type: str = "run.resume", url: str | None = None) -> RecoveryAttempt:
+    """Outbox row for a ``run.resume`` (or, with ``url`` = a queue's invokeUrl, ``run.invoke``)
+    webhook plus ``recovery.started``; inside the caller's transaction. The dispatcher delivers
+    it after commit and records the outcome."""
     attempt = RecoveryAttempt.objects.create(
         run=run,
         reason=reason,
-        webhook_url=run.recovery_webhook or "",
+        webhook_url=url or run.recovery_webhook or "",
         type=type,
         next_attempt_at=db_now(),
     )
     event_append(run_id=run.id, type="recovery.started", payload={"recoveryAttemptId": attempt.id, "reason": reason})
+    after_commit("recovery", [attempt.id])
     return attempt
 
 
@@ -262,7 +265,7 @@ def run_recover(*, run_id: str, reason: str = "manual") -> RecoveryAttempt:
     run = _locked_run(run_id)
     if not run.recovery_webhook:
         raise NoRecoveryWebhook("run has no recoveryWebhook configured")
-    return _recovery_record(run, reason=reason or "manual")
+    return recovery_record(run, reason=reason or "manual")
 
 
 @transaction.atomic(durable=True)
