@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.db import transaction
@@ -131,7 +132,7 @@ def cancel_past_deadline(*, limit: int = BATCH) -> int:
 def reconcile_tick() -> dict[str, Any]:
     """One reconciler pass. Each duty is isolated: a failure is logged and the others run."""
     result: dict[str, Any] = {}
-    duties = {
+    duties: dict[str, Callable[[], Any]] = {
         "leases": expire_leases,
         "deadlines": cancel_past_deadline,
         "schedules": queues.schedules_fire_due,
