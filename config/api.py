@@ -12,7 +12,7 @@ from ninja import NinjaAPI
 from ninja.errors import HttpError, ValidationError
 from ninja.parser import Parser
 
-from tidebase_core.api import gates, runs, state, steps
+from tidebase_core.api import gates, queues, runs, state, steps
 from tidebase_core.api.common import issues, loads
 from tidebase_core.exceptions import DomainError
 from tidebase_core.wire import json_response
@@ -38,6 +38,8 @@ api.add_router("/runs", runs.router)
 api.add_router("/runs", steps.router)
 api.add_router("/runs", gates.router)
 api.add_router("/runs", state.router)
+api.add_router("/queues", queues.router)
+api.add_router("/schedules", queues.schedules_router)
 
 
 @api.get("/health", tags=["health"], operation_id="health")

@@ -98,6 +98,8 @@ INSTALLED_APPS = [
     "tidebase_core",
     "webhooks",
     "dashboard",
+    "django_htmx",
+    "template_partials",
 ]
 
 MIDDLEWARE = [
@@ -105,10 +107,12 @@ MIDDLEWARE = [
     # session/CSRF stack, which the wire protocol must never see (PROTOCOL.md §19.9).
     "tidebase_core.middleware.ProtocolMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # serves static/ (vendored htmx, Chart.js) under gunicorn
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -148,7 +152,11 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").is_dir() else []
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/dashboard/login/"
+LOGIN_REDIRECT_URL = "/dashboard/"
+LOGOUT_REDIRECT_URL = "/dashboard/login/"
+# Serve static files straight from the finders: no collectstatic step for `make run`.
+WHITENOISE_USE_FINDERS = True
 
 LOGGING = {
     "version": 1,

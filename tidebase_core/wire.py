@@ -312,3 +312,29 @@ def delivery_out(d: Any, *, show_token: bool) -> dict[str, Any]:
         "createdAt": ts(d.created_at),
         "completedAt": ts(d.completed_at),
     }
+
+
+def queue_config_out(c: Any) -> dict[str, Any]:
+    return {
+        "name": c.name,
+        "concurrency": c.concurrency,
+        "ratePerMinute": c.rate_per_minute,
+        "invokeUrl": c.invoke_url,
+        "paused": c.paused,
+    }
+
+
+def schedule_out(s: Any) -> dict[str, Any]:
+    return {
+        "name": s.name,
+        "cron": s.cron,
+        "workflowName": s.workflow_name,
+        "input": s.input,
+        "queue": s.queue,
+        "maxAttempts": s.max_attempts,
+        "enabled": s.enabled,
+        "nextRunAt": ts(s.next_run_at),
+        "lastEnqueuedAt": ts(s.last_enqueued_at),
+        "createdAt": ts(s.created_at),
+        "updatedAt": ts(s.updated_at),
+    }

@@ -3,10 +3,10 @@ typed fields also accept null as "absent" (a wire-safe relaxation of §1)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from ninja import Schema
-from pydantic import AnyUrl, ConfigDict, Field, field_validator
+from pydantic import AnyUrl, AwareDatetime, ConfigDict, Field, field_validator
 
 NonEmpty = Field(min_length=1)
 
@@ -153,3 +153,39 @@ class UsageIn(_In):
         if v is not None and abs(v) >= 1e19:
             raise ValueError("quantity is out of range")
         return v
+
+
+class EnqueueIn(_In):
+    workflowName: str = Field(min_length=1)
+    input: Any = None
+    metadata: dict[str, Any] | None = None
+    recoveryWebhook: AnyUrl | None = None
+    channels: list[ChannelIn] | None = None
+    dedupeKey: str | None = Field(default=None, min_length=1, max_length=500)
+    delayMs: int | None = Field(default=None, ge=0, le=10 * 365 * 24 * 3600 * 1000)
+    runAt: AwareDatetime | None = None
+    maxAttempts: int = Field(default=1, gt=0, le=1000)
+    priority: int = Field(default=0, ge=-(2**31), lt=2**31)
+    deadlineMs: int | None = Field(default=None, gt=0, le=10 * 365 * 24 * 3600 * 1000)
+
+
+class ClaimIn(_In):
+    queues: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, max_length=100)
+    leaseOwner: str | None = Field(default=None, min_length=1, max_length=200)
+    limit: int = Field(default=1, ge=1, le=100)
+
+
+class QueueConfigIn(_In):
+    concurrency: int | None = Field(default=None, gt=0, lt=2**31)
+    ratePerMinute: int | None = Field(default=None, gt=0, lt=2**31)
+    invokeUrl: AnyUrl | None = None
+    paused: bool | None = None
+
+
+class ScheduleIn(_In):
+    cron: str = Field(min_length=1, max_length=200)
+    workflowName: str = Field(min_length=1)
+    input: Any = None
+    queue: str = Field(default="default", min_length=1)
+    maxAttempts: int = Field(default=1, gt=0, le=1000)
+    enabled: bool = True

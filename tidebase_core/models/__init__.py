@@ -5,6 +5,7 @@ from __future__ import annotations
 from tidebase_core.models.gates import Gate, GateStatus
 from tidebase_core.models.keys import ApiKey, IdempotencyKey, KeyScope
 from tidebase_core.models.outbox import ChannelDelivery, DeliveryStatus, RecoveryAttempt
+from tidebase_core.models.queues import QueueConfig, Schedule
 from tidebase_core.models.runs import Channel, Event, Run, RunEdge, RunStatus
 from tidebase_core.models.state import RunState, StateStream, StateVersion
 from tidebase_core.models.steps import Step, StepStatus
@@ -20,11 +21,13 @@ __all__ = [
     "GateStatus",
     "IdempotencyKey",
     "KeyScope",
+    "QueueConfig",
     "RecoveryAttempt",
     "Run",
     "RunEdge",
     "RunState",
     "RunStatus",
+    "Schedule",
     "StateStream",
     "StateVersion",
     "Step",

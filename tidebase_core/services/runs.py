@@ -25,13 +25,6 @@ from tidebase_core.services.idempotency import claim_key
 from tidebase_core.services.time import db_now, lease_delta
 
 
-def _channel_rows(run: Run, channels: list[dict[str, Any]] | None) -> list[Channel]:
-    return [
-        Channel(run=run, type="webhook", url=c["url"], secret=c.get("secret"), events=c.get("events") or [])
-        for c in channels or []
-    ]
-
-
 def _public_channels(channels: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     return [{"type": "webhook", "url": c["url"], "events": c.get("events") or []} for c in channels or []]
 
@@ -52,10 +45,18 @@ def _insert_run(
         metadata=metadata or {},
         recovery_webhook=recovery_webhook,
     )
-    rows = _channel_rows(run, channels)
+    insert_channels(run.id, channels)
+    return run
+
+
+def insert_channels(run_id: str, channels: list[dict[str, Any]] | None) -> None:
+    """Store a run's webhook channels (inside the caller's transaction)."""
+    rows = [
+        Channel(run_id=run_id, type="webhook", url=c["url"], secret=c.get("secret"), events=c.get("events") or [])
+        for c in channels or []
+    ]
     if rows:
         Channel.objects.bulk_create(rows)
-    return run
 
 
 @transaction.atomic(durable=True)

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponse
+from ninja import Router
+
+from tidebase_core import wire
+from tidebase_core.api.common import idempotency, seg
+from tidebase_core.api.schemas import ClaimIn, EnqueueIn, QueueConfigIn, ScheduleIn
+from tidebase_core.models import Schedule
+from tidebase_core.services import queues as services
+
+router = Router(tags=["queues"])
+schedules_router = Router(tags=["schedules"])
+
+
+@router.post("/claim", operation_id="claim_runs")
+def claim_runs(request: HttpRequest, payload: ClaimIn) -> HttpResponse:
+    runs, owner = services.claim(queues=payload.queues, owner=payload.leaseOwner, limit=payload.limit)
+    return wire.json_response({"runs": [wire.run_out(r) for r in runs], "leaseOwner": owner})
+
+
+@router.get("", operation_id="list_queues")
+def list_queues(request: HttpRequest) -> HttpResponse:
+    return wire.json_response({"queues": services.queue_stats()})
+
+
+@router.post("/{queue}/enqueue", operation_id="enqueue_run")
+def enqueue_run(request: HttpRequest, queue: str, payload: EnqueueIn) -> HttpResponse:
+    run, deduplicated = services.enqueue(
+        queue=seg(queue),
+        workflow_name=payload.workflowName,
+        input=payload.input,
+        metadata=payload.metadata,
+        recovery_webhook=str(payload.recoveryWebhook) if payload.recoveryWebhook else None,
+        channels=[c.as_dict() for c in payload.channels or []],
+        dedupe_key=payload.dedupeKey,
+        delay_ms=payload.delayMs,
+        run_at=payload.runAt,
+        max_attempts=payload.maxAttempts,
+        priority=payload.priority,
+        deadline_ms=payload.deadlineMs,
+        idempotency=idempotency(request, "enqueue"),
+    )
+    return wire.json_response({"run": wire.run_out(run), "deduplicated": deduplicated})
+
+
+@router.put("/{queue}/config", operation_id="configure_queue")
+def configure_queue(request: HttpRequest, queue: str, payload: QueueConfigIn) -> HttpResponse:
+    config = services.queue_configure(
+        name=seg(queue),
+        concurrency=payload.concurrency,
+        rate_per_minute=payload.ratePerMinute,
+        invoke_url=str(payload.invokeUrl) if payload.invokeUrl else None,
+        paused=payload.paused,
+    )
+    return wire.json_response({"config": wire.queue_config_out(config)})
+
+
+@schedules_router.get("", operation_id="list_schedules")
+def list_schedules(request: HttpRequest) -> HttpResponse:
+    return wire.json_response({"schedules": [wire.schedule_out(s) for s in Schedule.objects.order_by("name")]})
+
+
+@schedules_router.put("/{name}", operation_id="set_schedule")
+def set_schedule(request: HttpRequest, name: str, payload: ScheduleIn) -> HttpResponse:
+    schedule = services.schedule_set(
+        name=seg(name),
+        cron=payload.cron,
+        workflow_name=payload.workflowName,
+        input=payload.input,
+        queue=payload.queue,
+        max_attempts=payload.maxAttempts,
+        enabled=payload.enabled,
+    )
+    return wire.json_response({"schedule": wire.schedule_out(schedule)})
+
+
+@schedules_router.delete("/{name}", operation_id="delete_schedule")
+def delete_schedule(request: HttpRequest, name: str) -> HttpResponse:
+    services.schedule_delete(name=seg(name))
+    return wire.json_response({"deleted": seg(name)})
