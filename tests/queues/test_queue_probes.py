@@ -43,7 +43,8 @@ def race(n: int, fn: Callable[[int], Any]) -> list[Any]:
 
 def test_enqueue__16_concurrent_with_one_dedupe_key_make_one_run() -> None:
     for round_ in range(10):
-        results = race(16, lambda i: queues.enqueue(queue="q", workflow_name="wf", dedupe_key=f"k{round_}"))
+        key = f"k{round_}"
+        results = race(16, lambda i, key=key: queues.enqueue(queue="q", workflow_name="wf", dedupe_key=key))
         ids = {run.id for run, _ in results}
         assert len(ids) == 1
         assert sum(1 for _, dedup in results if not dedup) == 1
