@@ -164,3 +164,35 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("TIDEBASE_LOG_LEVEL", "INFO")},
 }
+
+# --- webhooks / Celery (owned by the webhooks app; see README "Webhooks") ------------------
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or ""
+"""Redis (``redis://``) or RabbitMQ (``amqp://``). Unset: the embedded broker, a folder under
+``TIDEBASE_BROKER_DIR`` (one machine only; Postgres holds every delivery, so the broker holds
+nothing that cannot be rebuilt by the sweep)."""
+TIDEBASE_BROKER_DIR = os.environ.get("TIDEBASE_BROKER_DIR") or ""
+"""Folder of the embedded broker; default ``$TIDEBASE_DATA_DIR/broker``."""
+TIDEBASE_WEBHOOK_SECRET_PREVIOUS = [
+    s for s in (os.environ.get("TIDEBASE_WEBHOOK_SECRET_PREVIOUS") or "").split() if s
+]
+"""Secrets being rotated out: Standard Webhooks signatures are also sent for each of them."""
+TIDEBASE_WEBHOOK_RETRY_SCHEDULE = [
+    float(x) for x in (os.environ.get("TIDEBASE_WEBHOOK_RETRY_SCHEDULE") or "5,300,1800,7200,18000,36000,36000").split(",")
+    if x.strip()
+]
+"""Seconds to wait before each retry (Standard Webhooks: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h),
+±10 % jitter. A delivery makes ``len(schedule) + 1`` attempts, then it is dead-lettered."""
+TIDEBASE_WEBHOOK_CONNECT_TIMEOUT_S = float(os.environ.get("TIDEBASE_WEBHOOK_CONNECT_TIMEOUT_S") or 5)
+TIDEBASE_WEBHOOK_TIMEOUT_S = float(os.environ.get("TIDEBASE_WEBHOOK_TIMEOUT_S") or 15)
+"""Total time one attempt may take (connect, send, headers and body), enforced as a deadline."""
+TIDEBASE_WEBHOOK_INFLIGHT_S = float(
+    os.environ.get("TIDEBASE_WEBHOOK_INFLIGHT_S") or (TIDEBASE_WEBHOOK_TIMEOUT_S + 30)
+)
+"""How long a claimed attempt may stay unanswered before the sweep assumes its worker died and
+sends the next attempt (same ``webhook-id``). Must exceed ``TIDEBASE_WEBHOOK_TIMEOUT_S``."""
+TIDEBASE_WEBHOOK_ALLOW_HOSTS = [
+    h.strip() for h in (os.environ.get("TIDEBASE_WEBHOOK_ALLOW_HOSTS") or "").split(",") if h.strip()
+]
+"""Host names, IPs or CIDRs that may be called even though they are private/loopback/link-local."""
+TIDEBASE_WEBHOOK_CONCURRENCY = env_int("TIDEBASE_WEBHOOK_CONCURRENCY", 16)
+TIDEBASE_WEBHOOK_SWEEP_BATCH = env_int("TIDEBASE_WEBHOOK_SWEEP_BATCH", 500)

@@ -5,12 +5,12 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 
 from config.api import api
-from tidebase_core.api.events import run_events
 from tidebase_core.middleware import is_protocol_path
 from tidebase_core.wire import json_response
 
+# Protocol paths are routed by config.api_urls (ProtocolMiddleware sets request.urlconf);
+# the ninja URLs are included here for the OpenAPI pages at /api/docs and /api/openapi.json.
 urlpatterns = [
-    path("runs/<str:run_id>/events", run_events, name="run-events"),
     path("admin/", admin.site.urls),
     path("dashboard/", include("dashboard.urls")),
     path("", include("dashboard.root_urls")),

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from tidebase_core import auth
+from tidebase_core.api.fastpath import try_fast
 from tidebase_core.wire import json_response
 
 PROTOCOL_PREFIXES = ("/health", "/runs", "/queues", "/schedules")
@@ -42,6 +43,7 @@ class ProtocolMiddleware:
         if not is_protocol_path(request.path_info):
             return self.get_response(request)
         request.path_info = _encoded_path(request)
+        request.urlconf = "config.api_urls"
         response = self._handle(request)
         response["Access-Control-Allow-Origin"] = settings.TIDEBASE_CORS_ORIGIN
         return response
@@ -82,4 +84,4 @@ class ProtocolMiddleware:
             else:
                 return json_response({"error": "unauthorized", "code": "unauthorized"}, 401)
         request.tb_principal = principal  # type: ignore[attr-defined]
-        return self.get_response(request)
+        return try_fast(request) or self.get_response(request)
