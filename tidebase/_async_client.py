@@ -14,6 +14,7 @@ from typing import Any, Self, TypeVar
 import httpx
 
 from . import _base as base
+from . import _current
 from ._base import Call, ClientConfig, RetryPolicy
 from ._exceptions import APIConnectionError, RunCancelled, TidebaseError
 from ._json import wrap_replayed
@@ -169,9 +170,10 @@ class AsyncTidebase:
         if list_steps:
             await context._load_checkpoints()
         try:
-            result = workflow(context, run.get("input"))
-            if inspect.isawaitable(result):
-                result = await result
+            with _current.running(context):  # what integrations (tidebase.pydantic_ai) find
+                result = workflow(context, run.get("input"))
+                if inspect.isawaitable(result):
+                    result = await result
             encoded = base.encode_result(result)
         except RunCancelled:
             raise

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Self
 
 from . import _base as base
+from . import _current
 from . import _protocol as protocol
 from ._base import Call
 from ._exceptions import (
@@ -107,10 +108,11 @@ class AsyncRunContext:
                 return spec.replayed(answer.get("output"))
             step_id, owner = answer["step"]["id"], answer.get("leaseOwner") or self._lease_owner
             try:
-                result = fn()
-                if inspect.isawaitable(result):
-                    async with asyncio.timeout(spec.timeout_s):
-                        result = await result
+                with _current.step_scope(self.run_id, spec.name, step_id):
+                    result = fn()
+                    if inspect.isawaitable(result):
+                        async with asyncio.timeout(spec.timeout_s):
+                            result = await result
                 encoded = spec.encode_output(result)
             except RunCancelled:
                 raise
@@ -149,9 +151,15 @@ class AsyncRunContext:
                     str(error), status=error.status, code="lease_lost", body=error.body, path=path
                 ) from error
             if action == "execute":
-                await self._client._send(
-                    Call("POST", self._steps_path(f"{answer['step']['id']}/complete"), body, safe=True)
+                # Our complete was refused and the checkpoint is not there: the lease was
+                # taken from us (e.g. the run was begun again). Never write under a lease
+                # re-acquired after that; give it back and stop.
+                await self._fail_step(
+                    spec, answer["step"]["id"], answer.get("leaseOwner") or owner, error, retryable=True
                 )
+                raise LeaseLost(
+                    str(error), status=error.status, code="lease_lost", body=error.body, path=path
+                ) from error
 
     async def _fail_step(
         self, spec: StepSpec, step_id: str, owner: str, error: BaseException, *, retryable: bool
@@ -331,6 +339,7 @@ class AsyncRunState(_AsyncRunResource):
 
 class AsyncRunUsage(_AsyncRunResource):
     async def record(self, **fields: Any) -> dict[str, Any]:
+        _current.note_usage_record(self._run_id, fields)
         answer: dict[str, Any] = await self._call("POST", "/usage", base.usage_body(fields), safe=True)
         return answer
 
@@ -425,9 +434,11 @@ class AsyncRunSession(AsyncRunContext):
         return await self.gates.get(gate_id)
 
     async def __aenter__(self) -> Self:
+        self._current_token = _current.enter_run(self)  # current while the session is entered
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        _current.exit_run(getattr(self, "_current_token", None))
         if isinstance(exc, Exception) and not isinstance(exc, RunCancelled):
             with contextlib.suppress(TidebaseError, RunCancelled):
                 await self.fail(exc)

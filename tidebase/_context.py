@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Self
 
 from . import _base as base
+from . import _current
 from . import _protocol as protocol
 from ._base import Call
 from ._client import _run_awaitable
@@ -103,9 +104,10 @@ class RunContext:
                 return spec.replayed(answer.get("output"))
             step_id, owner = answer["step"]["id"], answer.get("leaseOwner") or self._lease_owner
             try:
-                result = fn()
-                if inspect.isawaitable(result):
-                    result = _run_awaitable(result, f"step {name!r}")
+                with _current.step_scope(self.run_id, spec.name, step_id):
+                    result = fn()
+                    if inspect.isawaitable(result):
+                        result = _run_awaitable(result, f"step {name!r}")
                 encoded = spec.encode_output(result)
             except RunCancelled:
                 raise
@@ -145,7 +147,13 @@ class RunContext:
                     str(error), status=error.status, code="lease_lost", body=error.body, path=path
                 ) from error
             if action == "execute":
-                self._client._send(Call("POST", self._steps_path(f"{answer['step']['id']}/complete"), body, safe=True))
+                # Our complete was refused and the checkpoint is not there: the lease was
+                # taken from us (e.g. the run was begun again). Never write under a lease
+                # re-acquired after that; give it back and stop.
+                self._fail_step(spec, answer["step"]["id"], answer.get("leaseOwner") or owner, error, retryable=True)
+                raise LeaseLost(
+                    str(error), status=error.status, code="lease_lost", body=error.body, path=path
+                ) from error
 
     def _fail_step(self, spec: StepSpec, step_id: str, owner: str, error: BaseException, *, retryable: bool) -> None:
         with contextlib.suppress(TidebaseError, RunCancelled):  # the step's own error matters more
@@ -342,6 +350,7 @@ class RunUsage(_RunResource):
         """Record usage: ``kind``, ``provider``, ``model``, ``input_tokens``,
         ``output_tokens``, ``total_tokens``, ``cost_usd``, ``quantity``,
         ``unit``, ``label``, ``step_id``, ``metadata``."""
+        _current.note_usage_record(self._run_id, fields)
         answer: dict[str, Any] = self._call("POST", "/usage", base.usage_body(fields), safe=True)
         return answer
 
@@ -423,9 +432,11 @@ class RunSession(RunContext):
         self._stop.set()
 
     def __enter__(self) -> Self:
+        self._current_token = _current.enter_run(self)  # current while the session is entered
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        _current.exit_run(getattr(self, "_current_token", None))
         if isinstance(exc, Exception) and not isinstance(exc, RunCancelled):
             with contextlib.suppress(TidebaseError, RunCancelled):
                 self.fail(exc)

@@ -1,0 +1,156 @@
+"""Fixtures for the SDK's live tests: our ``tidebase`` client (sync and async) against a real
+gunicorn server on the test database.
+
+* ``live_server_url`` (tests/conftest.py): the shared open server, default 60 s leases.
+* ``short_lease_url``: a second open server with ``TIDEBASE_LEASE_MS=1500`` for crash, takeover
+  and cross-client tests, where a dead worker's run lease has to lapse before a resume.
+* ``RequestLog``: a wrapping transport that records every request the SDK sends, so tests can
+  count round trips (the resume checkpoint load, gate long-polls) without timing anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from tests.conftest import start_live_server
+from tidebase import RetryPolicy, RunLeased
+
+LEASE_MS = 1500
+FAST_RETRY = RetryPolicy(max_retries=3, backoff_base_s=0.05, backoff_max_s=0.2)
+
+T = TypeVar("T")
+
+
+class Crash(BaseException):
+    """Stands in for a dead process: the SDKs catch ``Exception`` only, so nothing reports the
+    failure, and the run lease and the current step lease stay with the 'dead' worker."""
+
+
+@pytest.fixture(autouse=True)
+def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("TIDEBASE_URL", "TIDEBASE_API_KEY", "TIDEBASE_WEBHOOK_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def short_lease_url(test_database_url: str) -> Iterator[str]:
+    server = start_live_server(test_database_url, TIDEBASE_LEASE_MS=str(LEASE_MS))
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def short_lease(short_lease_url: str, test_database_url: str) -> str:
+    """The short-lease server's URL (depends on ``test_database_url`` so the test is marked
+    transactional like every live-server test)."""
+    return short_lease_url
+
+
+@dataclass
+class RequestLog:
+    """Every request an SDK client sent: ``(method, path, query)``."""
+
+    entries: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def record(self, request: httpx.Request) -> None:
+        self.entries.append((request.method, request.url.path, request.url.query.decode()))
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def count(self, method: str, path_suffix: str = "") -> int:
+        return sum(1 for m, p, _ in self.entries if m == method and p.endswith(path_suffix))
+
+    def matching(self, method: str, contains: str) -> list[tuple[str, str, str]]:
+        return [e for e in self.entries if e[0] == method and contains in e[1]]
+
+
+class LoggingTransport(httpx.HTTPTransport):
+    def __init__(self, log: RequestLog) -> None:
+        super().__init__()
+        self.log = log
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.log.record(request)
+        return super().handle_request(request)
+
+
+class AsyncLoggingTransport(httpx.AsyncHTTPTransport):
+    def __init__(self, log: RequestLog) -> None:
+        super().__init__()
+        self.log = log
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.log.record(request)
+        return await super().handle_async_request(request)
+
+
+def detail(url: str, run_id: str) -> dict[str, Any]:
+    response = httpx.get(f"{url}/runs/{run_id}", timeout=30)
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def wait_for(predicate: Callable[[], T | None], timeout_s: float = 30.0, interval_s: float = 0.05) -> T:
+    """Poll until ``predicate()`` is truthy (a liveness bound, not a timing assertion)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s")
+        time.sleep(interval_s)
+
+
+def pending_gate(url: str, run_id: str) -> dict[str, Any] | None:
+    gates = detail(url, run_id)["gates"]
+    return next((g for g in gates if g["status"] == "pending"), None)
+
+
+def resolve_gate(url: str, run_id: str, gate: dict[str, Any], decision: str = "approved") -> dict[str, Any]:
+    """Resolve a gate the way an approval link does: with its resolve token, no API key."""
+    response = httpx.post(
+        f"{url}/runs/{run_id}/gates/{gate['id']}/resolve",
+        json={"token": gate["resolveToken"], "decision": decision, "actor": "test:operator"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def cancel_run(url: str, run_id: str) -> None:
+    httpx.post(f"{url}/runs/{run_id}/cancel", json={"reason": "test", "actor": "test"}, timeout=30).raise_for_status()
+
+
+def until_unleased(call: Callable[[], T], timeout_s: float = 30.0) -> T:
+    """Retry ``call`` while the server answers 409 ``run_leased`` (a dead worker's run lease has
+    not lapsed yet)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except RunLeased:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+async def until_unleased_async(call: Callable[[], Awaitable[T]], timeout_s: float = 30.0) -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await call()
+        except RunLeased:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
