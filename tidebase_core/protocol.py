@@ -114,6 +114,20 @@ def decide_step_begin(
     return "locked"
 
 
+def run_leased_elsewhere(
+    *, status: str, lease_owner: str | None, lease_expires_at: dt.datetime | None, owner: str, now: dt.datetime
+) -> bool:
+    """Whether another worker holds the run's live lease. A step caller in that position has
+    lost the run (it was taken over): it may replay finished steps but not start any."""
+    return (
+        status == "running"
+        and lease_owner is not None
+        and lease_owner != owner
+        and lease_expires_at is not None
+        and lease_expires_at > now
+    )
+
+
 RunBeginAction = Literal["acquire", "completed", "cancelled", "leased"]
 
 

@@ -25,7 +25,6 @@ from tests.sdk_live.conftest import (
     wait_for,
 )
 from tests.sdk_live.models import EXPECTED_INPUT_JSON, EXPECTED_JSON, FIELDS, STEP_INPUT, TicketDC, TicketModel
-from tests.sdk_live.test_live_sync import ZOMBIE_STEP_BUG
 from tidebase import CheckpointDict, InputMismatch, LeaseLost, RunCancelled, hash_input
 from tidebase.aio import AsyncRunContext, AsyncTidebase
 
@@ -222,7 +221,6 @@ def test_cancel_unblocks_a_waiting_gate(live_server_url: str) -> None:
 # ---- sessions and fencing --------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=ZOMBIE_STEP_BUG)
 def test_session_is_fenced_after_losing_its_lease(short_lease: str) -> None:
     executed: list[str] = []
 

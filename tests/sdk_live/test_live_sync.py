@@ -247,15 +247,6 @@ def test_cancel_unblocks_a_waiting_gate(live_server_url: str, client: ClientFact
 # ---- sessions and fencing --------------------------------------------------------------------
 
 
-ZOMBIE_STEP_BUG = (
-    "bug: steps/begin from an owner that no longer holds the run lease (another owner holds a live "
-    "one) answers execute with lease_fence NULL, and complete accepts a NULL fence, so a worker "
-    "that lost its run lease can still begin and checkpoint steps (and its step lease then "
-    "blocks the new owner as 'locked'); it should be 409 lease_lost"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=ZOMBIE_STEP_BUG)
 def test_session_is_fenced_after_losing_its_lease(short_lease: str, client: ClientFactory) -> None:
     old_client, new_client = client(short_lease), client(short_lease)
     old = old_client.runs.attach("session-sync", input={}, heartbeat_s=None)

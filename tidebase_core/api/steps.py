@@ -23,6 +23,7 @@ def begin_step(request: HttpRequest, run_id: str, payload: StepBeginIn) -> HttpR
         input=payload.input,
         options=payload.options,
         owner=payload.leaseOwner or str(uuid.uuid4()),
+        explicit_owner=payload.leaseOwner is not None,
     )
     body: dict[str, object] = {"action": result.action}
     if result.step is not None:

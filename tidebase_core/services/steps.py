@@ -27,7 +27,11 @@ RENEW = """lease_expires_at = CASE
 # visible; a concurrent first begin loses on the unique (run, name) index (DO NOTHING) and the
 # caller falls back to the locked path. The event's seq comes from the run row (``bump``).
 BEGIN_SQL = f"""
-WITH r AS (SELECT id, status, attempt, lease_owner FROM tb_run WHERE id = %(run)s),
+WITH r AS (
+  SELECT id, status, attempt, lease_owner,
+         (%(explicit)s AND status = 'running' AND lease_owner <> %(owner)s AND lease_expires_at > now()) AS stale
+  FROM tb_run WHERE id = %(run)s
+),
 existing AS (SELECT * FROM tb_step WHERE run_id = %(run)s AND name = %(name)s),
 ins AS (
   INSERT INTO tb_step (id, run_id, name, input_hash, input, options, resume_contract, status,
@@ -36,7 +40,7 @@ ins AS (
   SELECT %(step_id)s, r.id, %(name)s, %(hash)s, %(input)s, %(options)s, %(contract)s, 'running',
          %(owner)s, now() + %(lease)s * interval '1 millisecond',
          CASE WHEN r.lease_owner = %(owner)s THEN r.attempt END, 1, now(), now(), now()
-  FROM r WHERE r.status <> 'cancelled' AND NOT EXISTS (SELECT 1 FROM existing)
+  FROM r WHERE r.status <> 'cancelled' AND NOT r.stale AND NOT EXISTS (SELECT 1 FROM existing)
   ON CONFLICT (run_id, name) DO NOTHING
   RETURNING *
 ),
@@ -48,7 +52,7 @@ ev AS (
   INSERT INTO tb_event (run_id, seq, type, payload, created_at)
   SELECT %(run)s, bump.event_seq, 'step.started', %(payload)s, now() FROM bump
 )
-SELECT r.status AS run_status, (SELECT count(*) FROM ins) AS inserted, s.*
+SELECT r.status AS run_status, r.stale AS run_lease_elsewhere, (SELECT count(*) FROM ins) AS inserted, s.*
 FROM (SELECT 1) one
 LEFT JOIN r ON true
 LEFT JOIN LATERAL (SELECT * FROM ins UNION ALL SELECT * FROM existing) s ON true
@@ -95,12 +99,21 @@ def _lease_params(owner: str) -> dict[str, Any]:
 
 
 def step_begin(
-    *, run_id: str, name: str, input_hash: str, input: Any, options: dict[str, Any] | None, owner: str
+    *,
+    run_id: str,
+    name: str,
+    input_hash: str,
+    input: Any,
+    options: dict[str, Any] | None,
+    owner: str,
+    explicit_owner: bool = True,
 ) -> BeginResult:
     """steps/begin (§7.1): decide execute / return / locked / input_mismatch / cancelled.
 
     The common cases (new step, completed step) cost one statement; an existing unfinished
-    step goes through ``_begin_locked``. Raises RunNotFound."""
+    step goes through ``_begin_locked``. Raises RunNotFound, or LeaseLost when the caller names
+    a lease owner while another owner holds the run's live lease: a worker whose run was taken
+    over may still replay finished steps, but never starts one (our fix; upstream lets it)."""
     options = options or {}
     contract = protocol.resume_contract(options)
     sid = new_step_id()
@@ -113,6 +126,7 @@ def step_begin(
         "options": jsonb(options),
         "contract": jsonb(contract),
         "payload": jsonb({"stepId": sid, "name": name, "attempt": 1, "resumeContract": contract}),
+        "explicit": explicit_owner,
         **_lease_params(owner),
     }
     row = fetch_prepared(BEGIN_SQL, params, STEP_JSON)[0]
@@ -127,8 +141,17 @@ def step_begin(
             return BeginResult("input_mismatch", row, expected_hash=row.input_hash)
         if row.status == "completed":
             return BeginResult("return", row)
+    if row.run_lease_elsewhere:
+        raise LeaseLost("the run is leased to another worker")
     return _begin_locked(
-        run_id=run_id, name=name, input_hash=input_hash, input=input, options=options, contract=contract, owner=owner
+        run_id=run_id,
+        name=name,
+        input_hash=input_hash,
+        input=input,
+        options=options,
+        contract=contract,
+        owner=owner,
+        explicit_owner=explicit_owner,
     )
 
 
@@ -142,11 +165,13 @@ def _begin_locked(
     options: dict[str, Any],
     contract: dict[str, Any],
     owner: str,
+    explicit_owner: bool,
 ) -> BeginResult:
     """Re-begin of an existing step under the run lock then the step lock (the lock order used
     by every step write, so they cannot deadlock)."""
     run = fetch_one(
-        "SELECT status, attempt, lease_owner, now() AS now FROM tb_run WHERE id = %s FOR NO KEY UPDATE",
+        """SELECT status, attempt, lease_owner, lease_expires_at, now() AS now
+           FROM tb_run WHERE id = %s FOR NO KEY UPDATE""",
         [run_id],
     )
     if run is None:
@@ -165,7 +190,13 @@ def _begin_locked(
     )
     if action == "input_mismatch":
         return BeginResult(action, step, expected_hash=step.input_hash)
-    if action in ("return", "locked"):
+    if action == "return":
+        return BeginResult(action, step)
+    if explicit_owner and protocol.run_leased_elsewhere(
+        status=run.status, lease_owner=run.lease_owner, lease_expires_at=run.lease_expires_at, owner=owner, now=run.now
+    ):
+        raise LeaseLost("the run is leased to another worker")
+    if action == "locked":
         return BeginResult(action, step)
     updated = fetch_one(
         """UPDATE tb_step SET status = 'running', lease_owner = %(owner)s,
