@@ -1,0 +1,653 @@
+"""Benchmark the hot paths against a live server; prints ONE JSON object on stdout (`make bench`).
+
+What it does, all on loopback:
+
+1. Creates a fresh database ``tidebase_bench`` next to ``DATABASE_URL`` (or the embedded Postgres)
+   and migrates it with ``manage.py migrate``.
+2. Starts gunicorn exactly like ``manage.py tidebase_serve`` (2 gthread workers x 32 threads).
+3. Floors: ``bare_rtt_ms``, one urllib.request round trip (a new connection per request, like the
+   official client) to a minimal raw-socket HTTP server in another process; ``pg_commit_ms``, one
+   autocommit single-row INSERT on the same Postgres.
+4. The official ``tidebase==0.7.0`` client, in var/interop-venv (scripts/bench_official.py):
+   per-step latency, steps/s sequential and with 1/4/8 threads, replayed-step latency, gate latency.
+5. SQL statements per hot-path request, counted in-process with Django's CaptureQueriesContext.
+6. ``our_sdk``: the repo's SDK (if ``tidebase.Tidebase`` imports) on the same server.
+
+A short human summary goes to stderr. Internal subcommands: ``_echo`` (the bare HTTP server) and
+``_sql`` (the statement counter, run in a subprocess configured for the bench database).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = Path(__file__).resolve().parent
+INTEROP_VENV = ROOT / "var" / "interop-venv"
+OFFICIAL_VERSION = "0.7.0"
+BENCH_DB = "tidebase_bench"
+
+CONFIG = {
+    "rtt_samples": 300,
+    "warmup_steps": 50,
+    "sequential_steps": 300,
+    "thread_counts": [1, 4, 8],
+    "thread_steps": 150,
+    "replay_steps": 200,
+    "gate_samples": 6,
+}
+TARGET_STEP_OVER_RTT = 6.0
+TARGET_THROUGHPUT_OVER_INVERSE_RTT = 0.2
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def summary_ms(samples_s: list[float]) -> dict[str, float]:
+    ms = [s * 1000 for s in samples_s]
+    return {
+        "p50": round(pct(ms, 0.5), 3),
+        "p95": round(pct(ms, 0.95), 3),
+        "mean": round(statistics.fmean(ms), 3),
+        "n": len(ms),
+    }
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"}}
+    env.update(extra)
+    return env
+
+
+# ---- setup ------------------------------------------------------------------------------------
+
+
+def base_database_url() -> str:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url
+    sys.path.insert(0, str(ROOT))
+    from config.embedded import embedded_database_url
+
+    return embedded_database_url()
+
+
+def prepare_database(base_url: str) -> str:
+    """Drop and recreate ``tidebase_bench`` (reproducible numbers), then migrate it."""
+    import psycopg
+
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {BENCH_DB}")
+    bench_url = urlunparse(urlparse(base_url)._replace(path=f"/{BENCH_DB}"))
+    t0 = time.monotonic()
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+        cwd=ROOT,
+        env=clean_env(DATABASE_URL=bench_url),
+        check=True,
+    )
+    log(f"database {BENCH_DB} migrated in {time.monotonic() - t0:.1f}s")
+    return bench_url
+
+
+def ensure_interop_venv() -> Path:
+    python = INTEROP_VENV / "bin" / "python"
+
+    def version() -> str | None:
+        if not python.exists():
+            return None
+        probe = subprocess.run(
+            [str(python), "-c", "import importlib.metadata as m; print(m.version('tidebase'))"],
+            capture_output=True,
+            text=True,
+            cwd="/",
+            env=clean_env(),
+        )
+        return probe.stdout.strip() if probe.returncode == 0 else None
+
+    if version() != OFFICIAL_VERSION:
+        if not python.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(INTEROP_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"tidebase=={OFFICIAL_VERSION}"], check=True)
+        if version() != OFFICIAL_VERSION:
+            raise RuntimeError(f"could not install tidebase=={OFFICIAL_VERSION} into {INTEROP_VENV}")
+    return python
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 2) -> int:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        response.read()
+        return int(response.status)
+
+
+class Server:
+    """gunicorn as ``manage.py tidebase_serve`` runs it, on the bench database."""
+
+    def __init__(self, database_url: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        (ROOT / "var").mkdir(exist_ok=True)
+        self.log_path = ROOT / "var" / "bench-server.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115
+        env = clean_env(
+            DATABASE_URL=database_url, PORT=str(self.port), TIDEBASE_PUBLIC_URL=self.url, TIDEBASE_API_KEY=""
+        )
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "config.wsgi",
+                "-b",
+                f"127.0.0.1:{self.port}",
+                "-w",
+                "2",
+                "-k",
+                "gthread",
+                "--threads",
+                "32",
+                "--graceful-timeout",
+                "5",
+                "--timeout",
+                "120",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if http_get(self.url + "/health") == 200:
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"bench server did not start; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+# ---- floors -------------------------------------------------------------------------------------
+
+
+def echo_server() -> None:
+    """A minimal HTTP/1.1 server: read one request, answer 200 + a small JSON body, close."""
+    body = b'{"action":"execute","ok":true}'
+    response = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\nConnection: close\r\n\r\n"
+        + body
+    )
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        print(sock.getsockname()[1], flush=True)
+        while True:
+            conn, _ = sock.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                head, _, rest = data.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value.strip())
+                while len(rest) < length:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    rest += chunk
+                conn.sendall(response)
+
+
+def start_echo() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, __file__, "_echo"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline())
+    return proc, f"http://127.0.0.1:{port}/runs/run_x/steps/begin"
+
+
+def measure_pg_commit(database_url: str, n: int = 300) -> dict[str, float]:
+    import psycopg
+
+    samples = []
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS bench_commit (id bigserial PRIMARY KEY, payload jsonb NOT NULL,"
+            " created_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for i in range(n + 30):
+            t0 = time.perf_counter()
+            conn.execute("INSERT INTO bench_commit (payload) VALUES (%s::jsonb)", [json.dumps({"i": i})])
+            if i >= 30:
+                samples.append(time.perf_counter() - t0)
+        conn.execute("DROP TABLE bench_commit")
+    return summary_ms(samples)
+
+
+# ---- SQL statements per request ----------------------------------------------------------------
+
+
+class WireCounter:
+    """Counts what the server's Postgres connection sends, at the psycopg level: every
+    ``Cursor.execute``/``executemany`` (Django's cursors *and* raw psycopg cursors such as the
+    prepared hot-path statements, which CaptureQueriesContext cannot see), plus the implicit
+    ``BEGIN`` psycopg sends before the first statement of a transaction and ``COMMIT``/``ROLLBACK``.
+    """
+
+    def __init__(self) -> None:
+        import psycopg
+        from psycopg import pq
+
+        self.active: list[str] | None = None
+        counter = self
+        idle = pq.TransactionStatus.IDLE
+        orig_execute, orig_many = psycopg.Cursor.execute, psycopg.Cursor.executemany
+        orig_commit, orig_rollback = psycopg.Connection.commit, psycopg.Connection.rollback
+
+        def note(cursor: Any, query: Any) -> None:
+            if counter.active is None:
+                return
+            conn = cursor.connection
+            if not conn.autocommit and conn.info.transaction_status == idle:
+                counter.active.append("BEGIN (implicit)")
+            text = query if isinstance(query, str) else getattr(query, "as_string", lambda _c: repr(query))(conn)
+            counter.active.append(" ".join(str(text).split())[:160])
+
+        def execute(self: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            note(self, query)
+            return orig_execute(self, query, params, **kwargs)
+
+        def executemany(self: Any, query: Any, params_seq: Any, **kwargs: Any) -> Any:
+            note(self, query)
+            return orig_many(self, query, params_seq, **kwargs)
+
+        def commit(self: Any) -> None:
+            if counter.active is not None and self.info.transaction_status != idle:
+                counter.active.append("COMMIT")
+            orig_commit(self)
+
+        def rollback(self: Any) -> None:
+            if counter.active is not None and self.info.transaction_status != idle:
+                counter.active.append("ROLLBACK")
+            orig_rollback(self)
+
+        psycopg.Cursor.execute = execute  # type: ignore[method-assign]
+        psycopg.Cursor.executemany = executemany  # type: ignore[method-assign]
+        psycopg.Connection.commit = commit  # type: ignore[method-assign]
+        psycopg.Connection.rollback = rollback  # type: ignore[method-assign]
+
+
+def sql_counts() -> dict[str, Any]:
+    """Runs in a subprocess whose DATABASE_URL is the bench database. Drives the real views through
+    Django's test Client (full middleware stack) and records every round trip to Postgres."""
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+    from django.db import connection
+    from django.test import Client
+
+    wire = WireCounter()
+    client = Client()
+
+    def counted(path: str, body: Any = None) -> tuple[dict[str, Any], list[str]]:
+        connection.ensure_connection()  # connection setup is not part of a request's cost
+        wire.active = []
+        try:
+            data = b"" if body is None else json.dumps(body)
+            response = client.post(path, data=data, content_type="application/json")
+        finally:
+            sent, wire.active = wire.active, None
+        assert response.status_code == 200, (path, response.status_code, response.content[:500])
+        return json.loads(response.content), sent
+
+    def step_begin_body(name: str, owner: str) -> dict[str, Any]:
+        return {"name": name, "inputHash": "h-" + name, "input": {"n": name}, "options": {}, "leaseOwner": owner}
+
+    kinds = ("run_create", "run_begin", "step_begin", "step_complete", "replay_begin", "run_complete")
+    counts: dict[str, list[int]] = {k: [] for k in kinds}
+    samples: dict[str, list[str]] = {}
+    for round_ in range(4):  # round 0 warms caches and prepared statements; rounds 1-3 are counted
+        created, create_sql = counted("/runs/bench-sql", {"input": {"round": round_}})
+        run_id = created["run"]["id"]
+        begun, begin_sql = counted(f"/runs/{run_id}/begin")
+        owner = begun["leaseOwner"]
+        step_sql: list[list[str]] = []
+        for i in range(3):
+            began, b_sql = counted(f"/runs/{run_id}/steps/begin", step_begin_body(f"s{i}", owner))
+            assert began["action"] == "execute", began
+            _, c_sql = counted(
+                f"/runs/{run_id}/steps/{began['step']['id']}/complete", {"leaseOwner": owner, "output": {"i": i}}
+            )
+            step_sql += [b_sql, c_sql]
+        replayed, r_sql = counted(f"/runs/{run_id}/steps/begin", step_begin_body("s0", owner))
+        assert replayed["action"] == "return", replayed
+        _, done_sql = counted(f"/runs/{run_id}/complete", {"result": "ok"})
+        if round_ == 0:
+            continue
+        per_kind = {
+            "run_create": [create_sql],
+            "run_begin": [begin_sql],
+            "step_begin": step_sql[0::2],
+            "step_complete": step_sql[1::2],
+            "replay_begin": [r_sql],
+            "run_complete": [done_sql],
+        }
+        for kind, lists in per_kind.items():
+            counts[kind].extend(len(x) for x in lists)
+            samples[kind] = lists[-1]
+    result: dict[str, Any] = {f"sql_per_{k}": statistics.median(v) for k, v in counts.items()}
+    result["sql_per_request_range"] = {k: [min(v), max(v)] for k, v in counts.items()}
+    result["statements"] = samples
+    return result
+
+
+def pg_stat_statements_preloaded(database_url: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute("SHOW shared_preload_libraries").fetchone()
+    return bool(row and "pg_stat_statements" in str(row[0]))
+
+
+# ---- our SDK -----------------------------------------------------------------------------------
+
+
+def measure_our_sdk(url: str, official_gate: dict[str, Any] | None) -> dict[str, Any] | None:
+    sys.path.insert(0, str(ROOT))
+    try:
+        import tidebase
+
+        tidebase_cls = tidebase.Tidebase
+    except Exception as exc:  # the SDK is being written by another helper
+        log(f"our SDK unavailable ({type(exc).__name__}: {exc}); our_sdk = null")
+        return None
+    if not str(Path(tidebase.__file__).resolve()).startswith(str(ROOT)):
+        log(f"imported tidebase from {tidebase.__file__}, not the repo; our_sdk = null")
+        return None
+    try:
+        with tidebase_cls(url=url) as tide:
+            return _our_sdk_loops(tide, url, official_gate)
+    except Exception as exc:
+        log(f"our SDK measurement failed: {type(exc).__name__}: {exc}")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _our_sdk_loops(tide: Any, url: str, official_gate: dict[str, Any] | None) -> dict[str, Any]:
+    def steps(n: int, prefix: str, fail_at_end: bool = False) -> tuple[str, list[float]]:
+        samples: list[float] = []
+
+        def workflow(run: Any, _input: Any) -> Any:
+            for i in range(n):
+                t0 = time.perf_counter()
+                run.step(f"{prefix}-{i}", lambda i=i: {"i": i, "ok": True}, input={"i": i})
+                samples.append(time.perf_counter() - t0)
+            if fail_at_end:
+                raise RuntimeError("stop so the run can be resumed")
+            return n
+
+        run = tide.runs.create("bench-ours", {"n": n})
+        try:
+            tide.run("bench-ours", workflow, run_id=run["id"])
+        except RuntimeError:
+            if not fail_at_end:
+                raise
+        return run["id"], samples
+
+    steps(CONFIG["warmup_steps"], "warm")
+    t0 = time.perf_counter()
+    _, seq = steps(CONFIG["sequential_steps"], "seq")
+    wall = time.perf_counter() - t0
+    run_id, _ = steps(CONFIG["replay_steps"], "rep", fail_at_end=True)
+    replayed: list[float] = []
+
+    def replay(run: Any, _input: Any) -> Any:
+        for i in range(CONFIG["replay_steps"]):
+            t1 = time.perf_counter()
+            run.step(f"rep-{i}", lambda: (_ for _ in ()).throw(AssertionError("re-executed")), input={"i": i})
+            replayed.append(time.perf_counter() - t1)
+        return "replayed"
+
+    assert tide.run("bench-ours", replay, run_id=run_id) == "replayed"
+    gate = summary_ms(_our_gate_latency(tide, url, CONFIG["gate_samples"]))
+    seq_ms = summary_ms(seq)
+    return {
+        "step_ms_p50": seq_ms["p50"],
+        "step_ms_p95": seq_ms["p95"],
+        "steps_per_s_sequential": round(len(seq) / wall, 1),
+        "replayed_step_ms_p50": summary_ms(replayed)["p50"],
+        "gate_latency_ms_p50": gate["p50"],
+        "gate_latency_ms_p50_official": official_gate["p50"] if official_gate else None,
+        "gate_latency_ms": gate,
+    }
+
+
+def _our_gate_latency(tide: Any, url: str, samples: int) -> list[float]:
+    out: list[float] = []
+    for k in range(samples):
+        run = tide.runs.create("bench-gate-ours")
+        returned_at: list[float] = []
+
+        def workflow(ctx: Any, _input: Any, k: int = k, returned_at: list[float] = returned_at) -> Any:
+            decision = ctx.gate(f"g{k}", "approve?")  # default poll settings
+            returned_at.append(time.perf_counter())
+            return decision.decision
+
+        worker = threading.Thread(
+            target=lambda run=run, workflow=workflow: tide.run("bench-gate-ours", workflow, run_id=run["id"])
+        )
+        worker.start()
+        gate = None
+        while gate is None:
+            gates = tide.runs.get(run["id"])["gates"]
+            gate = gates[0] if gates else None
+            if gate is None:
+                time.sleep(0.01)
+        time.sleep(0.05 + (k % 4) * 0.23)
+        body = json.dumps({"token": gate["resolveToken"], "decision": "approved", "actor": "bench"}).encode()
+        req = urllib.request.Request(
+            f"{url}/runs/{run['id']}/gates/{gate['id']}/resolve",
+            data=body,
+            headers={"content-type": "application/json"},
+            method="POST",
+        )
+        sent = time.perf_counter()
+        with urllib.request.urlopen(req) as response:
+            response.read()
+        worker.join(30)
+        assert returned_at, "gate() did not return"
+        out.append(returned_at[0] - sent)
+    return out
+
+
+# ---- main --------------------------------------------------------------------------------------
+
+
+def run_official(python: Path, url: str, rtt_url: str) -> dict[str, Any]:
+    config = {**CONFIG, "url": url, "rtt_url": rtt_url}
+    proc = subprocess.run(
+        [str(python), str(SCRIPTS / "bench_official.py"), json.dumps(config)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd="/",
+        env=clean_env(),
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench_official.py failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def run_sql_counter(database_url: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, __file__, "_sql"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=clean_env(DATABASE_URL=database_url, TIDEBASE_API_KEY="", TIDEBASE_RECONCILER="0"),
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"SQL counter failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> int:
+    started = time.monotonic()
+    base_url = base_database_url()
+    bench_url = prepare_database(base_url)
+    python = ensure_interop_venv()
+    echo, rtt_url = start_echo()
+    server: Server | None = None
+    try:
+        server = Server(bench_url)
+        log(f"server up at {server.url} (log: {server.log_path})")
+        pg_commit = measure_pg_commit(bench_url)
+        log(f"pg commit p50 {pg_commit['p50']:.3f} ms")
+        official = run_official(python, server.url, rtt_url)
+        log("official client measured")
+        sql = run_sql_counter(bench_url)
+        sql["method"] = (
+            "in-process django.test.Client on the bench database, counting psycopg round trips "
+            "(Cursor.execute incl. raw prepared cursors, implicit BEGIN, COMMIT/ROLLBACK); "
+            f"pg_stat_statements preloaded: {pg_stat_statements_preloaded(bench_url)}"
+        )
+        our_sdk = measure_our_sdk(server.url, official.get("gate_latency_ms"))
+    finally:
+        if server is not None:
+            server.stop()
+        echo.terminate()
+        echo.wait(5)
+
+    rtt_ms = official["bare_rtt_ms"]["p50"]
+    seq = official["sequential"]
+    threads = official["threads"]
+    step_over_rtt = seq["step_ms"]["p50"] / rtt_ms
+    throughput_ratio = threads["8"]["steps_per_s"] * rtt_ms / 1000
+    report: dict[str, Any] = {
+        "bench": {
+            "database": BENCH_DB,
+            "server": "gunicorn config.wsgi -w 2 -k gthread --threads 32",
+            "config": CONFIG,
+            "duration_s": None,
+        },
+        "floor": {
+            "bare_rtt_ms": rtt_ms,
+            "bare_rtt_ms_p95": official["bare_rtt_ms"]["p95"],
+            "pg_commit_ms": pg_commit["p50"],
+            "pg_commit_ms_p95": pg_commit["p95"],
+            "server_health_ms": official["server_health_ms"]["p50"],
+        },
+        "official": {
+            "client": f"tidebase {official['client_version']} (PyPI, var/interop-venv)",
+            "step_ms_p50": seq["step_ms"]["p50"],
+            "step_ms_p95": seq["step_ms"]["p95"],
+            "steps_per_s_sequential": round(seq["steps_per_s"], 1),
+            "steps_per_s_threads": {n: round(t["steps_per_s"], 1) for n, t in threads.items()},
+            "step_ms_p50_threads": {n: t["step_ms"]["p50"] for n, t in threads.items()},
+            "step_ms_p95_threads": {n: t["step_ms"]["p95"] for n, t in threads.items()},
+            "replayed_step_ms_p50": official["replayed_step_ms"]["p50"],
+            "gate_poll_s_default": official["gate_poll_s_default"],
+            "gate_latency_ms_p50": official["gate_latency_ms"]["p50"],
+        },
+        "ratios": {
+            "step_p50_over_rtt": round(step_over_rtt, 2),
+            "step_p50_over_rtt_target_max": TARGET_STEP_OVER_RTT,
+            "steps_per_s_8_threads_over_inverse_rtt": round(throughput_ratio, 3),
+            "steps_per_s_8_threads_over_inverse_rtt_target_min": TARGET_THROUGHPUT_OVER_INVERSE_RTT,
+            "meets_targets": step_over_rtt <= TARGET_STEP_OVER_RTT
+            and throughput_ratio >= TARGET_THROUGHPUT_OVER_INVERSE_RTT,
+        },
+        "sql": sql,
+        "our_sdk": our_sdk,
+    }
+    report["bench"]["duration_s"] = round(time.monotonic() - started, 1)
+    print(json.dumps(report, indent=2))
+    log_summary(report)
+    return 0
+
+
+def log_summary(r: dict[str, Any]) -> None:
+    f, o, x, s = r["floor"], r["official"], r["ratios"], r["sql"]
+    lines = [
+        f"floor: bare HTTP RTT p50 {f['bare_rtt_ms']:.3f} ms, PG commit p50 {f['pg_commit_ms']:.3f} ms, "
+        f"server GET /health p50 {f['server_health_ms']:.3f} ms",
+        f"official step p50 {o['step_ms_p50']:.2f} ms / p95 {o['step_ms_p95']:.2f} ms "
+        f"= {x['step_p50_over_rtt']:.2f}x RTT (target <= {TARGET_STEP_OVER_RTT})",
+        "official steps/s: sequential {} | threads {}".format(
+            o["steps_per_s_sequential"], ", ".join(f"{n}: {v}" for n, v in o["steps_per_s_threads"].items())
+        ),
+        f"8-thread steps/s x RTT = {x['steps_per_s_8_threads_over_inverse_rtt']:.3f} "
+        f"(target >= {TARGET_THROUGHPUT_OVER_INVERSE_RTT})",
+        f"official replayed step p50 {o['replayed_step_ms_p50']:.2f} ms; gate latency p50 "
+        f"{o['gate_latency_ms_p50']:.0f} ms (poll_s={o['gate_poll_s_default']})",
+        f"SQL/request: step begin {s['sql_per_step_begin']}, complete {s['sql_per_step_complete']}, "
+        f"replay begin {s['sql_per_replay_begin']}, run begin {s['sql_per_run_begin']}",
+    ]
+    ours = r["our_sdk"]
+    if ours is None:
+        lines.append("our SDK: not importable (null)")
+    elif "error" in ours:
+        lines.append(f"our SDK: failed: {ours['error']}")
+    else:
+        lines.append(
+            f"our SDK: step p50 {ours['step_ms_p50']:.2f} ms, replayed step p50 {ours['replayed_step_ms_p50']:.3f} ms,"
+            f" gate latency p50 {ours['gate_latency_ms_p50']:.0f} ms"
+        )
+    lines.append(f"meets targets: {x['meets_targets']} (total {r['bench']['duration_s']}s)")
+    for line in lines:
+        log(line)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_echo":
+        echo_server()
+    elif len(sys.argv) > 1 and sys.argv[1] == "_sql":
+        print(json.dumps(sql_counts()), flush=True)
+    else:
+        sys.exit(main())
