@@ -749,6 +749,98 @@ def replay_and_fencing() -> dict[str, Any]:
     return {"calls": calls, "intruder": intruder}
 
 
+# ---- queues and schedules --------------------------------------------------------------------
+
+
+@scenario
+def queue_work() -> dict[str, Any]:
+    """enqueue + work(): dedupe, priority order, a failing queue run requeued with backoff."""
+    tide = Tidebase()
+    queue = "interop-" + os.urandom(4).hex()
+    order: list[int] = []
+
+    @tide.workflow("double")
+    def double(run: Any, input: Any) -> int:
+        return int(run.step("double", lambda: order.append(input["x"]) or input["x"] * 2, input=input))
+
+    first = tide.enqueue("double", queue=queue, input={"x": 1}, dedupe_key="same")
+    again = tide.enqueue("double", queue=queue, input={"x": 99}, dedupe_key="same")
+    assert not first["deduplicated"] and again["deduplicated"], (first, again)
+    assert again["run"]["id"] == first["run"]["id"]
+    tide.enqueue("double", queue=queue, input={"x": 2}, priority=10)
+    tide.enqueue("double", queue=queue, input={"x": 3}, delay_s=3600)  # not ready
+    rounds = {"n": 0}
+
+    def stop() -> bool:
+        rounds["n"] += 1
+        return rounds["n"] > 4
+
+    tide.work([queue], poll_s=0.05, stop=stop)
+    assert order == [2, 1], order
+    stats = {q["name"]: q for q in tide.queues.list()}[queue]
+    assert (stats["completed"], stats["queued"], stats["running"]) == (2, 1, 0), stats
+    done = tide.runs.get(first["run"]["id"])
+    assert done["run"]["status"] == "completed" and done["run"]["result"] == 2, done["run"]
+    assert event_types(done)[:3] == ["run.enqueued", "run.claimed", "step.started"], event_types(done)
+    # The dedupe key is free again once its run is terminal.
+    fresh = tide.enqueue("double", queue=queue, input={"x": 5}, dedupe_key="same")
+    assert not fresh["deduplicated"] and fresh["run"]["id"] != first["run"]["id"]
+
+    # A failing queue run with attempts left goes back to the queue with a backoff.
+    @tide.workflow("flaky")
+    def flaky(run: Any, input: Any) -> None:
+        raise RuntimeError("boom")
+
+    flaky_run = tide.enqueue("flaky", queue=queue + "-f", max_attempts=2)["run"]
+    rounds["n"] = 0
+    tide.work([queue + "-f"], poll_s=0.05, stop=stop)
+    after = tide.runs.get(flaky_run["id"])["run"]
+    assert after["status"] == "queued" and after["attempt"] == 1 and after["error"]["message"] == "boom", after
+    assert after["runAt"] > after["updatedAt"][:19], after
+    return {"order": order, "deduplicated": again["deduplicated"], "requeued": after["status"]}
+
+
+@scenario
+def queue_config_and_cancel() -> dict[str, Any]:
+    """Queue caps round trip; cancelling a queued run is one-way and workers never see it."""
+    tide = Tidebase()
+    queue = "cfg-" + os.urandom(4).hex()
+    config = tide.queues.configure(queue, concurrency=3, rate_per_minute=100)["config"]
+    assert (config["concurrency"], config["ratePerMinute"]) == (3, 100), config
+    kept = tide.queues.configure(queue)["config"]  # null keeps
+    assert kept["concurrency"] == 3, kept
+    run = tide.enqueue("never", queue=queue)["run"]
+    cancelled = tide.runs.cancel(run["id"], reason="not needed", actor="interop")
+    assert cancelled["status"] == "cancelled" and cancelled["cancelReason"] == "not needed", cancelled
+    again = tide.runs.cancel(run["id"], reason="second")
+    assert again["cancelReason"] == "not needed", again
+    claimed = tide.request("POST", "/queues/claim", {"queues": [queue], "limit": 5})
+    assert claimed["runs"] == [], claimed
+    return {"config": kept, "cancel_reason": again["cancelReason"]}
+
+
+@scenario
+def schedule_round_trip() -> dict[str, Any]:
+    """PUT/GET/DELETE a schedule; an invalid cron is a 4xx that says why."""
+    tide = Tidebase()
+    name = "nightly-" + os.urandom(4).hex()
+    sched = tide.schedules.set(name, cron="0 3 * * *", workflow_name="report", input={"k": 1}, max_attempts=2)
+    assert sched["cron"] == "0 3 * * *" and sched["nextRunAt"].endswith("T03:00:00.000Z"), sched
+    assert sched["maxAttempts"] == 2 and sched["enabled"] is True, sched
+    listed = [s["name"] for s in tide.schedules.list()]
+    assert name in listed and listed == sorted(listed), listed
+    replaced = tide.schedules.set(name, cron="*/5 * * * *", workflow_name="report")
+    assert replaced["input"] == {} and replaced["maxAttempts"] == 1, replaced  # full replace
+    with raises(tidebase.TidebaseError) as caught:
+        tide.schedules.set(name + "-bad", cron="61 * * * *", workflow_name="report")
+    assert caught.value.status == 400 and "minute" in caught.value.body.lower(), caught.value.body
+    assert tide.schedules.delete(name) == {"deleted": name}
+    with raises(tidebase.TidebaseError) as missing:
+        tide.schedules.delete(name)
+    assert missing.value.status == 404
+    return {"next": sched["nextRunAt"], "bad_cron_status": caught.value.status}
+
+
 def main(argv: list[str]) -> int:
     name, *args = argv
     result = SCENARIOS[name](*args)

@@ -105,3 +105,21 @@ def test_manual_review__unkeyed_side_effecting_failure(scenario: ScenarioRunner)
 def test_replay__input_mismatch_and_step_lease_fencing(scenario: ScenarioRunner) -> None:
     out = scenario("replay_and_fencing")
     assert out["calls"] == ["a", "a"]
+
+
+def test_queues__enqueue_work_dedupe_priority_and_requeue(scenario: ScenarioRunner) -> None:
+    out = scenario("queue_work")
+    assert out["order"] == [2, 1]
+    assert out["deduplicated"] is True
+    assert out["requeued"] == "queued"
+
+
+def test_queues__config_round_trip_and_cancel_is_one_way(scenario: ScenarioRunner) -> None:
+    out = scenario("queue_config_and_cancel")
+    assert out["config"]["concurrency"] == 3
+    assert out["cancel_reason"] == "not needed"
+
+
+def test_schedules__set_list_replace_delete_and_invalid_cron(scenario: ScenarioRunner) -> None:
+    out = scenario("schedule_round_trip")
+    assert out["bad_cron_status"] == 400
