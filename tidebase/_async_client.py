@@ -8,6 +8,7 @@ import builtins
 import contextlib
 import inspect
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Self, TypeVar
 
@@ -226,9 +227,10 @@ class AsyncTidebase:
     ) -> None:
         """Async pull-mode worker. Runs until ``stop()`` is true or the task is cancelled.
         Claimed runs of unregistered workflows are failed, not left leased."""
-        body = base.claim_body(queues or ["default"], lease_owner, limit)
+        body = base.claim_body(queues or ["default"], lease_owner, limit, base.CLAIM_WAIT_MS)
         while not (stop and stop()):
-            claim = await self._send(Call("POST", "/queues/claim", body))
+            started = time.monotonic()
+            claim = await self._send(base.claim_call(body))
             for run in claim["runs"]:
                 fn = self._workflows.get(run["workflowName"])
                 if fn is None:
@@ -243,7 +245,7 @@ class AsyncTidebase:
                         outcome = on_error(error, run)
                         if inspect.isawaitable(outcome):
                             await outcome
-            if not claim["runs"]:
+            if base.should_sleep_after_claim(claim, body, time.monotonic() - started):
                 await asyncio.sleep(poll_s)
 
 

@@ -334,8 +334,25 @@ def fanout_join_input(name: str, children: list[Mapping[str, Any]]) -> dict[str,
 FANOUT_INVARIANT = "all child run results were collected"
 
 
-def claim_body(queues: list[str], lease_owner: str | None, limit: int) -> dict[str, Any]:
-    return compact(queues=queues, leaseOwner=lease_owner, limit=limit)
+CLAIM_WAIT_MS = 5000
+"""Claims long-poll this long on servers that support ``waitMs`` (others ignore the field)."""
+
+
+def claim_body(queues: list[str], lease_owner: str | None, limit: int, wait_ms: int = 0) -> dict[str, Any]:
+    return compact(queues=queues, leaseOwner=lease_owner, limit=limit, waitMs=wait_ms or None)
+
+
+def claim_call(body: dict[str, Any]) -> Call:
+    wait_s = body.get("waitMs", 0) / 1000
+    return Call("POST", "/queues/claim", body, timeout_s=wait_s + 30 if wait_s else None)
+
+
+def should_sleep_after_claim(claim: Mapping[str, Any], body: Mapping[str, Any], elapsed_s: float) -> bool:
+    """Sleep ``poll_s`` after an empty claim unless the server held the request (long-poll)."""
+    if claim["runs"]:
+        return False
+    wait_s = body.get("waitMs", 0) / 1000
+    return not wait_s or elapsed_s < wait_s / 2
 
 
 def serialize_error(error: BaseException) -> dict[str, str]:

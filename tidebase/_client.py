@@ -243,9 +243,10 @@ class Tidebase:
     ) -> None:
         """Pull-mode worker: claim ready runs and execute their registered
         workflows until ``stop()`` returns true."""
-        body = base.claim_body(queues or ["default"], lease_owner, limit)
+        body = base.claim_body(queues or ["default"], lease_owner, limit, base.CLAIM_WAIT_MS)
         while not (stop and stop()):
-            claim = self._send(Call("POST", "/queues/claim", body))
+            started = time.monotonic()
+            claim = self._send(base.claim_call(body))
             for run in claim["runs"]:
                 fn = self._workflows.get(run["workflowName"])
                 if fn is None:
@@ -258,7 +259,7 @@ class Tidebase:
                 except Exception as error:
                     if on_error is not None:
                         on_error(error, run)
-            if not claim["runs"]:
+            if base.should_sleep_after_claim(claim, body, time.monotonic() - started):
                 time.sleep(poll_s)
 
 

@@ -19,6 +19,8 @@ from django.db import connections
 
 logger = logging.getLogger(__name__)
 CHANNEL = "tidebase_events"
+QUEUE_CHANNEL = "tidebase_queues"
+"""Payload: a queue name, notified when a run becomes claimable there (waiters use "queue:<name>")."""
 
 
 class Hub:
@@ -38,26 +40,28 @@ class Hub:
             self._thread.start()
         self._ready.wait(timeout=5)
 
-    def subscribe(self, run_id: str) -> threading.Event:
-        """Register interest in a run. Subscribe *before* reading the backlog, so an event
-        committed between the read and the wait still wakes the waiter."""
+    def subscribe(self, *keys: str) -> threading.Event:
+        """Register interest in runs (by id) or queues ("queue:<name>"). Subscribe *before*
+        reading the current state, so a change committed in between still wakes the waiter."""
         self._ensure_started()
         flag = threading.Event()
         with self._lock:
-            self._waiters[run_id].add(flag)
+            for key in keys:
+                self._waiters[key].add(flag)
         return flag
 
-    def unsubscribe(self, run_id: str, flag: threading.Event) -> None:
+    def unsubscribe(self, flag: threading.Event, *keys: str) -> None:
         with self._lock:
-            waiters = self._waiters.get(run_id)
-            if waiters is not None:
-                waiters.discard(flag)
-                if not waiters:
-                    del self._waiters[run_id]
+            for key in keys:
+                waiters = self._waiters.get(key)
+                if waiters is not None:
+                    waiters.discard(flag)
+                    if not waiters:
+                        del self._waiters[key]
 
-    def _wake(self, run_id: str | None) -> None:
+    def _wake(self, key: str | None) -> None:
         with self._lock:
-            groups = [self._waiters.get(run_id, set())] if run_id else list(self._waiters.values())
+            groups = [self._waiters.get(key, set())] if key else list(self._waiters.values())
             for group in groups:
                 for flag in group:
                     flag.set()
@@ -71,11 +75,12 @@ class Hub:
             try:
                 with psycopg.connect(**params, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {QUEUE_CHANNEL}")
                     self._ready.set()
                     self._wake(None)  # anything may have happened while we were away
                     backoff = 0.5
                     for note in conn.notifies():
-                        self._wake(note.payload)
+                        self._wake(note.payload if note.channel == CHANNEL else "queue:" + note.payload)
             except Exception:  # pragma: no cover - reconnect loop
                 logger.exception("realtime.listen.failed")
                 self._ready.set()

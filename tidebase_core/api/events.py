@@ -56,7 +56,7 @@ def _stream(run_id: str, after: int) -> Iterator[bytes]:
             if not flag.wait(keepalive):
                 yield b": keep-alive\n\n"
     finally:
-        hub.unsubscribe(run_id, flag)
+        hub.unsubscribe(flag, run_id)
 
 
 @csrf_exempt  # a protocol path: never demand CSRF tokens (§19.9), answer 405 JSON instead

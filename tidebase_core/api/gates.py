@@ -59,7 +59,7 @@ def get_gate(request: HttpRequest, run_id: str, gate_id: str, waitMs: int = 0) -
             flag.clear()
     finally:
         if flag is not None:
-            hub.unsubscribe(rid, flag)
+            hub.unsubscribe(flag, rid)
     return wire.json_response(
         {
             "gate": wire.gate_out(gate, show_token=principal(request).can_resolve),

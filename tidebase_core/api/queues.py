@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import time
+
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
@@ -7,6 +10,7 @@ from tidebase_core import wire
 from tidebase_core.api.common import idempotency, seg
 from tidebase_core.api.schemas import ClaimIn, EnqueueIn, QueueConfigIn, ScheduleIn
 from tidebase_core.models import Schedule
+from tidebase_core.realtime import hub
 from tidebase_core.services import queues as services
 
 router = Router(tags=["queues"])
@@ -15,7 +19,23 @@ schedules_router = Router(tags=["schedules"])
 
 @router.post("/claim", operation_id="claim_runs")
 def claim_runs(request: HttpRequest, payload: ClaimIn) -> HttpResponse:
-    runs, owner = services.claim(queues=payload.queues, owner=payload.leaseOwner, limit=payload.limit)
+    """Claim ready runs. Additive: ``waitMs`` long-polls — with nothing to claim, the request
+    waits (up to ``TIDEBASE_GATE_WAIT_MAX_MS``) and is woken when a run is enqueued on one of
+    the queues, instead of the worker sleeping ``poll_s`` between claims."""
+    keys = [f"queue:{q}" for q in payload.queues]
+    deadline = time.monotonic() + min(payload.waitMs, settings.TIDEBASE_GATE_WAIT_MAX_MS) / 1000
+    flag = hub.subscribe(*keys) if payload.waitMs > 0 else None
+    try:
+        while True:
+            runs, owner = services.claim(queues=payload.queues, owner=payload.leaseOwner, limit=payload.limit)
+            remaining = deadline - time.monotonic()
+            if runs or flag is None or remaining <= 0:
+                break
+            flag.wait(remaining)
+            flag.clear()
+    finally:
+        if flag is not None:
+            hub.unsubscribe(flag, *keys)
     return wire.json_response({"runs": [wire.run_out(r) for r in runs], "leaseOwner": owner})
 
 

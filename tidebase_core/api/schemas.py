@@ -173,6 +173,7 @@ class ClaimIn(_In):
     queues: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, max_length=100)
     leaseOwner: str | None = Field(default=None, min_length=1, max_length=200)
     limit: int = Field(default=1, ge=1, le=100)
+    waitMs: int = Field(default=0, ge=0)
 
 
 class QueueConfigIn(_In):

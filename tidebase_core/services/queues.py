@@ -16,6 +16,7 @@ from tidebase_core import ids, wire
 from tidebase_core.db import RUN_JSON, Row, fetch_one, fetch_rows, jsonb
 from tidebase_core.exceptions import InvalidRequest, NotFound
 from tidebase_core.models import QueueConfig, Run, Schedule
+from tidebase_core.realtime import QUEUE_CHANNEL
 from tidebase_core.services.events import event_append
 from tidebase_core.services.idempotency import claim_key
 from tidebase_core.services.runs import insert_channels, recovery_record
@@ -160,7 +161,14 @@ def _enqueue_once(
     if channels:
         insert_channels(row.id, channels)
     event_append(run_id=row.id, type="run.enqueued", payload={"queue": queue, "runAt": wire.ts(row.run_at)})
+    notify_queue(queue)
     return row, False
+
+
+def notify_queue(queue: str) -> None:
+    """Wake claimers long-polling this queue once the current transaction commits."""
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_notify(%s, %s)", [QUEUE_CHANNEL, queue])
 
 
 # --- claim --------------------------------------------------------------------------------------
