@@ -14,7 +14,7 @@ from ninja.parser import Parser
 
 from tidebase_core.api import gates, queues, runs, state, steps
 from tidebase_core.api.common import issues, loads
-from tidebase_core.exceptions import DomainError
+from tidebase_core.exceptions import DomainError, InvalidRequest
 from tidebase_core.wire import json_response
 
 logger = logging.getLogger("tidebase.api")
@@ -22,7 +22,11 @@ logger = logging.getLogger("tidebase.api")
 
 class JsonParser(Parser):
     def parse_body(self, request: HttpRequest) -> Any:
-        return loads(request.body)
+        data = loads(request.body)
+        if not isinstance(data, dict):
+            # A body of only optional fields would otherwise validate as {} and write.
+            raise InvalidRequest("the request body must be a JSON object")
+        return data
 
 
 api = NinjaAPI(
@@ -63,6 +67,8 @@ def validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse
 
 @api.exception_handler(HttpError)
 def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    if isinstance(exc.__cause__, DomainError):  # raised by JsonParser, wrapped by ninja
+        return domain_error(request, exc.__cause__)
     code = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
     return json_response({"error": str(exc), "code": code}, exc.status_code)
 

@@ -172,12 +172,12 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or ""
 nothing that cannot be rebuilt by the sweep)."""
 TIDEBASE_BROKER_DIR = os.environ.get("TIDEBASE_BROKER_DIR") or ""
 """Folder of the embedded broker; default ``$TIDEBASE_DATA_DIR/broker``."""
-TIDEBASE_WEBHOOK_SECRET_PREVIOUS = [
-    s for s in (os.environ.get("TIDEBASE_WEBHOOK_SECRET_PREVIOUS") or "").split() if s
-]
+TIDEBASE_WEBHOOK_SECRET_PREVIOUS = [s for s in (os.environ.get("TIDEBASE_WEBHOOK_SECRET_PREVIOUS") or "").split() if s]
 """Secrets being rotated out: Standard Webhooks signatures are also sent for each of them."""
+_RETRY_SCHEDULE_DEFAULT = "5,300,1800,7200,18000,36000,36000"
 TIDEBASE_WEBHOOK_RETRY_SCHEDULE = [
-    float(x) for x in (os.environ.get("TIDEBASE_WEBHOOK_RETRY_SCHEDULE") or "5,300,1800,7200,18000,36000,36000").split(",")
+    float(x)
+    for x in (os.environ.get("TIDEBASE_WEBHOOK_RETRY_SCHEDULE") or _RETRY_SCHEDULE_DEFAULT).split(",")
     if x.strip()
 ]
 """Seconds to wait before each retry (Standard Webhooks: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h),
@@ -185,9 +185,7 @@ TIDEBASE_WEBHOOK_RETRY_SCHEDULE = [
 TIDEBASE_WEBHOOK_CONNECT_TIMEOUT_S = float(os.environ.get("TIDEBASE_WEBHOOK_CONNECT_TIMEOUT_S") or 5)
 TIDEBASE_WEBHOOK_TIMEOUT_S = float(os.environ.get("TIDEBASE_WEBHOOK_TIMEOUT_S") or 15)
 """Total time one attempt may take (connect, send, headers and body), enforced as a deadline."""
-TIDEBASE_WEBHOOK_INFLIGHT_S = float(
-    os.environ.get("TIDEBASE_WEBHOOK_INFLIGHT_S") or (TIDEBASE_WEBHOOK_TIMEOUT_S + 30)
-)
+TIDEBASE_WEBHOOK_INFLIGHT_S = float(os.environ.get("TIDEBASE_WEBHOOK_INFLIGHT_S") or (TIDEBASE_WEBHOOK_TIMEOUT_S + 30))
 """How long a claimed attempt may stay unanswered before the sweep assumes its worker died and
 sends the next attempt (same ``webhook-id``). Must exceed ``TIDEBASE_WEBHOOK_TIMEOUT_S``."""
 TIDEBASE_WEBHOOK_ALLOW_HOSTS = [

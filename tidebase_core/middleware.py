@@ -45,6 +45,13 @@ class ProtocolMiddleware:
         request.path_info = _encoded_path(request)
         request.urlconf = "config.api_urls"
         response = self._handle(request)
+        if response.status_code == 405 and not response.get("Content-Type", "").startswith("application/json"):
+            allow = response.get("Allow")
+            response = json_response(
+                {"error": f"method {request.method} not allowed", "code": "method_not_allowed"}, 405
+            )
+            if allow:
+                response["Allow"] = allow
         response["Access-Control-Allow-Origin"] = settings.TIDEBASE_CORS_ORIGIN
         return response
 
