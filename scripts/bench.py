@@ -506,6 +506,79 @@ def _our_gate_latency(tide: Any, url: str, samples: int) -> list[float]:
 # ---- main --------------------------------------------------------------------------------------
 
 
+def measure_queues(url: str, runs: int = 400, workers: int = 4, latency_samples: int = 20) -> dict[str, Any] | None:
+    """Queue throughput and claim latency with our SDK's pull workers (long-polling claims).
+
+    Throughput: ``runs`` one-step runs enqueued up front, then ``workers`` threads (each its own
+    client) claim and complete them; runs/s from the first claim to the last completion.
+    Latency: one worker parked in a claim; time from ``enqueue`` returning to the workflow
+    starting in the worker."""
+    try:
+        from tidebase import Tidebase
+    except Exception as exc:  # pragma: no cover - reported, not fatal
+        log(f"queues: our SDK unavailable ({exc})")
+        return None
+    import threading
+
+    queue = f"bench-{os.getpid()}"
+    tide = Tidebase(url=url)
+    for i in range(runs):
+        tide.enqueue("bench-job", queue=queue, input={"i": i})
+    done = {"n": 0}
+    lock = threading.Lock()
+
+    def job(run: Any, input: Any) -> int:
+        value = int(run.step("only", lambda: input["i"], input=input))
+        with lock:
+            done["n"] += 1
+        return value
+
+    def worker() -> None:
+        client = Tidebase(url=url)
+        client.workflow("bench-job", job)
+        client.work([queue], poll_s=0.05, stop=lambda: done["n"] >= runs)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    elapsed = time.perf_counter() - started
+
+    latencies: list[float] = []
+    seen = threading.Event()
+    marks: dict[str, float] = {}
+
+    def timed(run: Any, input: Any) -> None:
+        marks["started"] = time.perf_counter()
+        seen.set()
+
+    stop = threading.Event()
+    waiter = Tidebase(url=url)
+    waiter.workflow("bench-latency", timed)
+    parked = threading.Thread(target=lambda: waiter.work([queue + "-lat"], poll_s=1.0, stop=stop.is_set))
+    parked.start()
+    time.sleep(0.5)
+    for _ in range(latency_samples):
+        seen.clear()
+        before = time.perf_counter()
+        tide.enqueue("bench-latency", queue=queue + "-lat")
+        if seen.wait(10):
+            latencies.append(marks["started"] - before)
+        time.sleep(0.05)
+    stop.set()
+    tide.enqueue("bench-latency", queue=queue + "-lat")  # wake the parked claim so it sees stop
+    parked.join(30)
+    return {
+        "workers": workers,
+        "runs": runs,
+        "runs_per_s": round(done["n"] / elapsed, 1),
+        "claim_latency_ms": summary_ms(latencies),
+        "method": "our SDK work() threads (long-poll claims, waitMs); each run = claim + 1 step + complete",
+    }
+
+
 def run_official(python: Path, url: str, rtt_url: str) -> dict[str, Any]:
     config = {**CONFIG, "url": url, "rtt_url": rtt_url}
     proc = subprocess.run(
@@ -558,6 +631,8 @@ def main() -> int:
             f"pg_stat_statements preloaded: {pg_stat_statements_preloaded(bench_url)}"
         )
         our_sdk = measure_our_sdk(server.url, official.get("gate_latency_ms"))
+        queues = measure_queues(server.url)
+        log("queues measured")
     finally:
         if server is not None:
             server.stop()
@@ -605,6 +680,7 @@ def main() -> int:
         },
         "sql": sql,
         "our_sdk": our_sdk,
+        "queues": queues,
     }
     report["bench"]["duration_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(report, indent=2))
@@ -638,6 +714,12 @@ def log_summary(r: dict[str, Any]) -> None:
         lines.append(
             f"our SDK: step p50 {ours['step_ms_p50']:.2f} ms, replayed step p50 {ours['replayed_step_ms_p50']:.3f} ms,"
             f" gate latency p50 {ours['gate_latency_ms_p50']:.0f} ms"
+        )
+    q = r.get("queues")
+    if q:
+        lines.append(
+            f"queues: {q['runs_per_s']} runs/s with {q['workers']} workers; enqueue-to-claim latency p50 "
+            f"{q['claim_latency_ms']['p50']:.1f} ms"
         )
     lines.append(f"meets targets: {x['meets_targets']} (total {r['bench']['duration_s']}s)")
     for line in lines:

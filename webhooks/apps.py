@@ -5,4 +5,11 @@ from django.apps import AppConfig
 
 class WebhooksConfig(AppConfig):
     name = "webhooks"
+    verbose_name = "Webhooks"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from tidebase_core.outbox import register_dispatcher
+        from webhooks.dispatch import outbox_dispatch
+
+        register_dispatcher(outbox_dispatch)

@@ -1,0 +1,63 @@
+"""``manage.py tidebase_worker``: the Celery worker that delivers webhooks, with beat embedded.
+
+Threads pool by default: delivery is network-bound, and a hung receiver then costs one thread
+for at most ``TIDEBASE_WEBHOOK_TIMEOUT_S``, never a process. Run any number of these; every beat
+tick is safe to run twice (advisory lock, ``SKIP LOCKED``). ``--no-beat`` runs a worker only
+(pair it with ``manage.py tidebase_beat``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+from config.celery import broker_folder
+
+
+def celery_argv(*, concurrency: int, beat: bool, loglevel: str, pool: str) -> list[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "config.celery",
+        "worker",
+        "--pool",
+        pool,
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
+        "--queues",
+        "tidebase",
+    ]
+    if beat:
+        argv += ["--beat", "--schedule", str(broker_folder() / "celerybeat-schedule")]
+    return argv
+
+
+class Command(BaseCommand):
+    help = "Run the webhook worker (Celery) with the reconciler/sweep beat embedded."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--concurrency", type=int, default=settings.TIDEBASE_WEBHOOK_CONCURRENCY)
+        parser.add_argument("--pool", default="threads", choices=["threads", "prefork", "solo"])
+        parser.add_argument("--no-beat", action="store_true", help="worker only; run tidebase_beat elsewhere")
+        parser.add_argument("--loglevel", default=os.environ.get("TIDEBASE_LOG_LEVEL", "INFO").lower())
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        argv = celery_argv(
+            concurrency=options["concurrency"],
+            beat=not options["no_beat"],
+            loglevel=options["loglevel"],
+            pool=options["pool"],
+        )
+        broker = settings.CELERY_BROKER_URL or f"embedded ({broker_folder()})"
+        self.stdout.write(f"Tidebase webhook worker: broker {broker}, {options['concurrency']} {options['pool']}")
+        sys.stdout.flush()
+        os.execv(sys.executable, argv)  # noqa: S606

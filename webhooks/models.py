@@ -1,0 +1,46 @@
+"""The delivery attempts log. The outbox rows themselves (``ChannelDelivery``, ``RecoveryAttempt``)
+belong to ``tidebase_core``; this app adds one row per HTTP attempt, keyed by text ids (``kind`` +
+``delivery_id``) rather than foreign keys, so core rows can be deleted without touching the log
+and the log never constrains core migrations."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class DeliveryKind(models.TextChoices):
+    CHANNEL = "channel"
+    RECOVERY = "recovery"
+
+
+class DeliveryAttempt(models.Model):
+    """One HTTP attempt of one outbox row. Created when the attempt is claimed (before any
+    network I/O), completed with its outcome afterwards; an attempt whose worker died stays
+    open until the next claim marks it ``interrupted``."""
+
+    kind = models.CharField(max_length=16, choices=DeliveryKind.choices)
+    delivery_id = models.CharField(max_length=40)
+    number = models.IntegerField()
+    trigger = models.CharField(max_length=80, default="dispatch")
+    url = models.TextField()
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    latency_ms = models.IntegerField(null=True, blank=True)
+    http_status = models.IntegerField(null=True, blank=True)
+    error = models.TextField(null=True, blank=True)
+    response_excerpt = models.TextField(null=True, blank=True)
+    worker = models.CharField(max_length=120, blank=True, default="")
+
+    class Meta:
+        db_table = "tb_delivery_attempt"
+        ordering = ["kind", "delivery_id", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "delivery_id", "number"], name="tb_delivery_attempt_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.delivery_id} #{self.number}"
+
+    @property
+    def succeeded(self) -> bool:
+        return self.http_status is not None and 200 <= self.http_status < 300
