@@ -25,7 +25,9 @@ venv: $(VENV)/.installed ## Create the virtualenv and install pinned dependencie
 migrate: venv ## Apply database migrations
 	$(PY) manage.py migrate --noinput
 
-run: venv migrate ## Serve the API, admin and dashboard on $PORT (default 7373)
+run: venv migrate ## Serve API, dashboard, webhook worker and beat on $PORT (default 7373)
+	@trap 'kill $$WORKER 2>/dev/null; wait $$WORKER' EXIT INT TERM; \
+	$(PY) manage.py tidebase_worker & WORKER=$$!; \
 	$(PY) manage.py tidebase_serve --port $(PORT) --workers $(WEB_WORKERS) --threads $(WEB_THREADS)
 
 test: venv ## Run the whole test suite (unit, API, concurrency probes, interop with the official client)

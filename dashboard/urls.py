@@ -1,10 +1,42 @@
 from __future__ import annotations
 
-from django.urls import path
+from django.contrib.auth import views as auth_views
+from django.urls import path, reverse_lazy
 
 from dashboard import views
 
 app_name = "dashboard"
 urlpatterns = [
-    path("", views.home, name="home"),
+    path("", views.inbox, name="inbox"),
+    path("gates/<str:gate_id>/decide", views.gate_decide, name="gate-decide"),
+    path("runs/", views.run_list, name="runs"),
+    path("runs/<str:run_id>/", views.run_detail, name="run"),
+    path("runs/<str:run_id>/cancel", views.run_cancel_view, name="run-cancel"),
+    path("runs/<str:run_id>/recover", views.run_recover_view, name="run-recover"),
+    path("usage/", views.usage, name="usage"),
+    path("queues/", views.queue_list, name="queues"),
+    path("webhooks/", views.webhook_list, name="webhooks"),
+    path("webhooks/<str:kind>/<str:delivery_id>/redeliver", views.webhook_redeliver, name="webhook-redeliver"),
+    path("keys/", views.key_list, name="keys"),
+    path("keys/create", views.key_create, name="key-create"),
+    path("keys/<str:key_id>/revoke", views.key_revoke, name="key-revoke"),
+    # Accounts: Django's views with our templates.
+    path(
+        "login/",
+        auth_views.LoginView.as_view(template_name="registration/login.html", redirect_authenticated_user=True),
+        name="login",
+    ),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path(
+        "password/",
+        auth_views.PasswordChangeView.as_view(
+            template_name="registration/password_change.html", success_url=reverse_lazy("dashboard:password-done")
+        ),
+        name="password",
+    ),
+    path(
+        "password/done/",
+        auth_views.PasswordChangeDoneView.as_view(template_name="registration/password_change_done.html"),
+        name="password-done",
+    ),
 ]

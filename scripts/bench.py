@@ -12,6 +12,10 @@ What it does, all on loopback:
    per-step latency, steps/s sequential and with 1/4/8 threads, replayed-step latency, gate latency.
 5. SQL statements per hot-path request, counted in-process with Django's CaptureQueriesContext.
 6. ``our_sdk``: the repo's SDK (if ``tidebase.Tidebase`` imports) on the same server.
+7. ``dashboard``: scripts/dashboard_scale.py on its own database ``tidebase_scale`` (1M runs, 5M
+   usage records; seeded once, reused): render times, query counts and the scans of every page's
+   SQL (EXPLAIN). ``TIDEBASE_SCALE_RUNS``/``TIDEBASE_SCALE_USAGE`` shrink it; ``TIDEBASE_BENCH_DASHBOARD=0``
+   skips it.
 
 A short human summary goes to stderr. Internal subcommands: ``_echo`` (the bare HTTP server) and
 ``_sql`` (the statement counter, run in a subprocess configured for the bench database).
@@ -610,6 +614,25 @@ def run_sql_counter(database_url: str) -> dict[str, Any]:
     return result
 
 
+def run_dashboard_scale(base_url: str) -> dict[str, Any] | None:
+    """The dashboard at scale (scripts/dashboard_scale.py): its JSON report, or ``{"error": ...}``."""
+    if os.environ.get("TIDEBASE_BENCH_DASHBOARD", "1") == "0":
+        return None
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "dashboard_scale.py")],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=ROOT,
+        env=clean_env(DATABASE_URL=base_url),
+    )
+    try:
+        result: dict[str, Any] = json.loads(proc.stdout)
+    except ValueError:
+        return {"error": f"dashboard_scale.py failed ({proc.returncode}): {proc.stderr[-2000:]}"}
+    return result
+
+
 def main() -> int:
     started = time.monotonic()
     base_url = base_database_url()
@@ -638,6 +661,8 @@ def main() -> int:
             server.stop()
         echo.terminate()
         echo.wait(5)
+    dashboard = run_dashboard_scale(base_url)
+    log("dashboard at scale measured")
 
     rtt_ms = official["bare_rtt_ms"]["p50"]
     seq = official["sequential"]
@@ -681,6 +706,7 @@ def main() -> int:
         "sql": sql,
         "our_sdk": our_sdk,
         "queues": queues,
+        "dashboard": dashboard,
     }
     report["bench"]["duration_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(report, indent=2))
@@ -721,6 +747,12 @@ def log_summary(r: dict[str, Any]) -> None:
             f"queues: {q['runs_per_s']} runs/s with {q['workers']} workers; enqueue-to-claim latency p50 "
             f"{q['claim_latency_ms']['p50']:.1f} ms"
         )
+    d = r.get("dashboard")
+    if d and "pages" in d:
+        pages = ", ".join(f"{name} {p['render_ms']['p50']:.0f} ms" for name, p in d["pages"].items())
+        lines.append(f"dashboard at scale (index scans only: {d['index_scans_only']}): {pages}")
+    elif d:
+        lines.append(f"dashboard at scale: {d.get('error')}")
     lines.append(f"meets targets: {x['meets_targets']} (total {r['bench']['duration_s']}s)")
     for line in lines:
         log(line)

@@ -11,6 +11,7 @@ export TIDEBASE_DATA_DIR="${TIDEBASE_DATA_DIR:-$(mktemp -d /tmp/tidebase-fresh.X
 export VENV="${FRESH_VENV:-$TIDEBASE_DATA_DIR/venv}"
 export PORT="${FRESH_PORT:-7399}"
 export TIDEBASE_LEASE_MS="${TIDEBASE_LEASE_MS:-3000}"  # so the crashed run lease lapses quickly
+export TIDEBASE_WEBHOOK_ALLOW_HOSTS="127.0.0.1"  # the smoke's webhook receiver is local
 log="$TIDEBASE_DATA_DIR/run.log"
 
 cleanup() {
@@ -36,6 +37,10 @@ test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/dashboard
 bash scripts/interop_venv.sh
 TIDEBASE_URL="http://127.0.0.1:$PORT" var/interop-venv/bin/python scripts/official_crash_resume.py
 
+# The webhook worker and the embedded broker: a channel delivery reaches a local receiver.
+python3 scripts/smoke_webhook.py "http://127.0.0.1:$PORT"
+
 # A slice of the suite on the embedded Postgres.
-make --no-print-directory test VENV="$VENV" PYTEST_ARGS="tests/api/test_smoke.py tests/api/test_idempotency.py -p no:randomly"
+make --no-print-directory test VENV="$VENV" \
+  PYTEST_ARGS="tests/api/test_smoke.py tests/api/test_idempotency.py tests/queues tests/webhooks/test_delivery.py -p no:randomly"
 echo "fresh-machine smoke: OK"

@@ -47,9 +47,26 @@ class LiveServer:
         full_env = {**os.environ, **env, "PORT": str(self.port), "TIDEBASE_PUBLIC_URL": self.url}
         self.log = open(ROOT / "var" / f"live-{self.port}.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{self.port}", "-w", str(workers),
-             "-k", "gthread", "--threads", "16", "--graceful-timeout", "2"],
-            cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "config.wsgi",
+                "-b",
+                f"127.0.0.1:{self.port}",
+                "-w",
+                str(workers),
+                "-k",
+                "gthread",
+                "--threads",
+                "16",
+                "--graceful-timeout",
+                "2",
+            ],
+            cwd=ROOT,
+            env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -7,7 +7,7 @@ usually returns into plain JSON data (``dict``/``list``/``str``/``int``/
 ==========================  ==================================================
 dataclass instance          object of its ``init`` fields, skipping ``_private``
                             ones (Pydantic AI's ``AgentRunResult`` → ``{"output": …}``)
-Pydantic model              ``model_dump(mode="json")``
+Pydantic model              pydantic's JSON encoding, with sets sorted
 datetime / date / time      ISO 8601 string
 UUID                        string
 Decimal                     integer if integral, float if the float is exact,
@@ -88,14 +88,46 @@ def to_json_data(value: Any, path: str = "$") -> Any:
         return _decimal(value)
     model_dump = getattr(type(value), "model_dump", None)
     if callable(model_dump) and hasattr(type(value), "model_fields"):
-        return to_json_data(value.model_dump(mode="json"), path)
+        # Pydantic's JSON rules for the leaves, but sets sorted: ``mode="json"`` would keep a set's
+        # iteration order, which depends on the process's hash seed, and so would the input hash.
+        return to_json_data(_pydantic_tree(value.model_dump(mode="python")), path)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
             f.name: to_json_data(getattr(value, f.name), f"{path}.{f.name}")
             for f in dataclasses.fields(value)
             if f.init and not f.name.startswith("_")
         }
+    encoded = _UNKNOWN if isinstance(value, (bytes, bytearray)) else _pydantic_jsonable(value)
+    if encoded is not _UNKNOWN:
+        return to_json_data(encoded, path)
     raise TypeError(f"{path}: value of type {type(value).__qualname__} is not JSON-serializable")
+
+
+_UNKNOWN = object()
+
+
+def _pydantic_tree(value: Any) -> Any:
+    from pydantic_core import to_jsonable_python
+
+    if isinstance(value, Mapping):
+        return {to_jsonable_python(k): _pydantic_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_pydantic_tree(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((_pydantic_tree(v) for v in value), key=lambda v: stable_stringify(to_json_data(v)))
+    return to_jsonable_python(value)
+
+
+def _pydantic_jsonable(value: Any) -> Any:
+    """Types pydantic knows how to put in JSON (URLs, paths, bytes, ...), when it is installed."""
+    try:
+        from pydantic_core import PydanticSerializationError, to_jsonable_python
+    except ImportError:
+        return _UNKNOWN
+    try:
+        return to_jsonable_python(value)
+    except PydanticSerializationError:
+        return _UNKNOWN
 
 
 def _dump(value: Any) -> str:

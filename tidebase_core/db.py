@@ -47,9 +47,10 @@ def wrap(row: dict[str, Any], json_cols: frozenset[str]) -> Row:
 def fetch_rows(sql: str, params: Any, json_cols: frozenset[str] = frozenset()) -> list[Row]:
     with connection.cursor() as cur:
         cur.execute(sql, params)
-        if cur.description is None:
+        description = cur.description  # built anew on every access
+        if description is None:
             return []
-        names = [d[0] for d in cur.description]
+        names = [d[0] for d in description]
         return [wrap(dict(zip(names, rec, strict=True)), json_cols) for rec in cur.fetchall()]
 
 
@@ -72,9 +73,10 @@ def fetch_prepared(sql: str, params: Any, json_cols: frozenset[str] = frozenset(
     raw = connection.connection
     with connection.wrap_database_errors, psycopg.Cursor(raw) as cur:
         cur.execute(sql, params, prepare=True)
-        if cur.description is None:
+        description = cur.description  # built anew on every access
+        if description is None:
             return []
-        names = [d[0] for d in cur.description]
+        names = [d[0] for d in description]
         return [wrap(dict(zip(names, rec, strict=True)), json_cols) for rec in cur.fetchall()]
 
 

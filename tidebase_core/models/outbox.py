@@ -16,12 +16,9 @@ class DeliveryStatus(models.TextChoices):
     FAILED = "failed"
 
 
-class RecoveryAttempt(models.Model):
-    id = models.CharField(primary_key=True, max_length=40, default=ids.recovery_id, editable=False)
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="recovery_attempts")
-    reason = models.TextField(default="manual")
-    webhook_url = models.TextField()
-    type = models.TextField(default="run.resume")
+class OutboxRow(models.Model):
+    """Delivery state every outbox row carries; the dispatcher owns its transitions."""
+
     status = models.CharField(max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
     attempts = models.IntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
@@ -30,6 +27,17 @@ class RecoveryAttempt(models.Model):
     error_text = models.TextField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class RecoveryAttempt(OutboxRow):
+    id = models.CharField(primary_key=True, max_length=40, default=ids.recovery_id, editable=False)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="recovery_attempts")
+    reason = models.TextField(default="manual")
+    webhook_url = models.TextField()
+    type = models.TextField(default="run.resume")
 
     class Meta:
         db_table = "tb_recovery_attempt"
@@ -41,7 +49,7 @@ class RecoveryAttempt(models.Model):
         return f"{self.type} {self.run_id} ({self.status})"
 
 
-class ChannelDelivery(models.Model):
+class ChannelDelivery(OutboxRow):
     id = models.CharField(primary_key=True, max_length=40, default=ids.delivery_id, editable=False)
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="channel_deliveries")
     channel = models.ForeignKey(Channel, on_delete=models.SET_NULL, null=True, blank=True)
@@ -50,14 +58,6 @@ class ChannelDelivery(models.Model):
     secret = models.TextField(null=True, blank=True)
     event_type = models.TextField()
     payload = models.JSONField(default=dict)
-    status = models.CharField(max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
-    attempts = models.IntegerField(default=0)
-    next_attempt_at = models.DateTimeField(null=True, blank=True)
-    http_status = models.IntegerField(null=True, blank=True)
-    response_body = models.TextField(null=True, blank=True)
-    error_text = models.TextField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    completed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "tb_channel_delivery"

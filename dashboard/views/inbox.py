@@ -1,0 +1,94 @@
+"""Approvals inbox: pending gates oldest first, decisions in place, history."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import trigger_client_event
+
+from dashboard import selectors
+from dashboard.forms import GateDecisionForm
+from dashboard.views._common import HtmxHttpRequest, htmx_target, permission
+from tidebase_core.exceptions import DomainError, GateAlreadyResolved
+from tidebase_core.services.gates import gate_resolve
+
+TEMPLATE = "dashboard/inbox/index.html"
+
+
+@require_GET
+@permission("view_dashboard")
+def inbox(request: HtmxHttpRequest) -> HttpResponse:
+    """The landing page. Polled every 3 s by ``#inbox-rows`` (pending) and refreshed on
+    ``gate-decided`` by ``#history-rows``: each poll renders only its partial."""
+    target = htmx_target(request)
+    if target == "inbox-rows":
+        return render(request, f"{TEMPLATE}#inbox-rows", {"gates": selectors.pending_gates()})
+    if target == "history-rows":
+        return render(request, f"{TEMPLATE}#history-rows", {"history": selectors.decided_gates()})
+    context = {"gates": selectors.pending_gates(), "history": selectors.decided_gates()}
+    return render(request, TEMPLATE, context)
+
+
+@require_POST
+@permission("resolve_gate")
+def gate_decide(request: HtmxHttpRequest, gate_id: str) -> HttpResponse:
+    """Approve or reject through ``gate_resolve``, the service the API uses. A losing concurrent
+    decision gets 409 and the card as it now is ("already decided by …")."""
+    gate = selectors.gate_card(gate_id=gate_id)
+    if gate is None:
+        raise Http404("gate not found")
+    form = GateDecisionForm(request.POST)
+    status, conflict = 200, ""
+    if not form.is_valid():
+        status = 422
+    else:
+        username = request.user.get_username()
+        try:
+            gate_resolve(
+                run_id=gate.run_id,
+                gate_id=gate.id,
+                decision=form.cleaned_data["decision"],
+                token=None,
+                actor=username,
+                payload=form.decision_payload(),
+                decided_by=f"user:{username}",
+                require_token=False,
+            )
+        except GateAlreadyResolved as exc:
+            status, conflict = 409, exc.message  # "gate already <status> by <actor>"
+        except DomainError as exc:
+            status, conflict = exc.status_code, exc.message
+        gate = selectors.gate_card(gate_id=gate_id) or gate
+    if not request.htmx:
+        if conflict:
+            messages.error(request, _conflict_text(gate.actor, conflict))
+        elif status == 200:
+            messages.success(request, f"{gate.status.capitalize()} “{gate.name}”.")
+        else:
+            messages.error(request, "; ".join(str(e) for errs in form.errors.values() for e in errs))
+        return redirect("dashboard:inbox")
+    response = render(
+        request,
+        f"{TEMPLATE}#gate-card",
+        {
+            "gate": gate,
+            "form": form,
+            "conflict": _conflict_text(gate.actor, conflict) if conflict else "",
+            "mine": status == 200,
+        },
+        status=status,
+    )
+    if status in (200, 409):
+        trigger_client_event(response, "gate-decided", {"gateId": gate.id, "status": gate.status, "actor": gate.actor})
+    return response
+
+
+def _conflict_text(actor: str | None, message: str) -> str:
+    """``gate already approved by alice`` → ``Already decided by alice (approved). …``"""
+    status = message.removeprefix("gate already ").split(" by ", 1)[0] if message.startswith("gate already ") else ""
+    if actor:
+        detail = f" ({status})" if status else ""
+        return f"Already decided by {actor}{detail}. Your decision was not recorded."
+    return f"{message[:1].upper()}{message[1:]}. Your decision was not recorded."

@@ -1,0 +1,59 @@
+"""Usage and cost: charts, tables and CSV over a time range, aggregated in Postgres."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+
+from django.http import HttpResponseBase, StreamingHttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+
+from dashboard import selectors
+from dashboard.forms import UsageRangeForm
+from dashboard.views._common import HtmxHttpRequest, permission
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+@require_GET
+@permission("view_dashboard")
+def usage(request: HtmxHttpRequest) -> HttpResponseBase:
+    form = UsageRangeForm(request.GET or {"days": "30"})
+    since, until = form.range()
+    if request.GET.get("format") == "csv":
+        return _csv(since, until)
+    report = selectors.usage_report(since=since, until=until)
+    context = {"form": form, "report": report, "series": report.series(), "csv_query": request.GET.urlencode()}
+    return render(request, "dashboard/usage/index.html", context)
+
+
+def _csv(since: object, until: object) -> StreamingHttpResponse:
+    rows = selectors.usage_csv_rows(since=since, until=until)  # type: ignore[arg-type]
+    columns = [
+        "day",
+        "workflow",
+        "provider",
+        "model",
+        "records",
+        "input_tokens",
+        "output_tokens",
+        "total_tokens",
+        "cost_usd",
+    ]
+    keys = ["day", "workflow", "provider", "model", "records", "sum_input", "sum_output", "sum_tokens", "sum_cost"]
+
+    def lines() -> Iterator[str]:
+        writer = csv.writer(_Echo())
+        yield writer.writerow(columns)
+        for row in rows.iterator(chunk_size=2000):
+            values = {**row, "day": row["day"].date().isoformat()}
+            yield writer.writerow([("" if values[k] is None else values[k]) for k in keys])
+
+    name = f"tidebase-usage-{since:%Y%m%d}-{until:%Y%m%d}.csv"
+    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response

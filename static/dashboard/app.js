@@ -1,0 +1,33 @@
+/* Tidebase dashboard: toasts for htmx events and errors. Everything else is htmx attributes. */
+(function () {
+  "use strict";
+
+  function toast(text, kind) {
+    var box = document.getElementById("toasts");
+    if (!box) return;
+    var el = document.createElement("div");
+    el.className = "toast" + (kind === "error" ? " error" : "");
+    el.setAttribute("role", kind === "error" ? "alert" : "status");
+    el.textContent = text;
+    box.appendChild(el);
+    setTimeout(function () { el.remove(); }, 6000);
+  }
+  window.tidebaseToast = toast;
+
+  document.body.addEventListener("gate-decided", function (evt) {
+    var d = evt.detail || {};
+    if (d.status) toast("Gate " + d.status + (d.actor ? " by " + d.actor : "") + ".");
+  });
+
+  document.body.addEventListener("htmx:responseError", function (evt) {
+    var xhr = evt.detail.xhr;
+    var msg = xhr.status === 403 ? "You do not have permission to do that."
+      : xhr.status === 404 ? "Not found: it may have been deleted."
+      : "The server answered " + xhr.status + ". Try again, or reload the page.";
+    toast(msg, "error");
+  });
+
+  document.body.addEventListener("htmx:sendError", function () {
+    toast("Cannot reach the server. Retrying on the next refresh…", "error");
+  });
+})();
