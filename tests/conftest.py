@@ -119,3 +119,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         fixtures = getattr(item, "fixturenames", ())
         if "test_database_url" in fixtures and item.get_closest_marker("django_db") is None:
             item.add_marker(pytest.mark.django_db(transaction=True))
+
+
+SHORT_LEASE_MS = 1500
+"""Lease of the ``short_lease`` server: a SIGKILLed worker's run lease lapses quickly."""
+
+
+@pytest.fixture(scope="session")
+def short_lease_server(test_database_url: str) -> Iterator[str]:
+    server = start_live_server(test_database_url, TIDEBASE_LEASE_MS=str(SHORT_LEASE_MS))
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def short_lease(short_lease_server: str, test_database_url: str) -> str:
+    """URL of an open server with a short lease, for crash, takeover and session tests
+    (depends on ``test_database_url`` so the test is marked transactional)."""
+    return short_lease_server
+
+
+@pytest.fixture
+def no_client_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SDK clients in the test must not pick up a developer's TIDEBASE_* settings."""
+    for name in ("TIDEBASE_URL", "TIDEBASE_API_KEY", "TIDEBASE_WEBHOOK_SECRET"):
+        monkeypatch.delenv(name, raising=False)

@@ -10,38 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 
-from tests.conftest import start_live_server
 from tidebase import RunLeased
 
-LEASE_MS = 1500
 T = TypeVar("T")
 
 
 @pytest.fixture(autouse=True)
-def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("TIDEBASE_URL", "TIDEBASE_API_KEY", "TIDEBASE_WEBHOOK_SECRET"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture(scope="session")
-def short_lease_server(test_database_url: str) -> Iterator[str]:
-    server = start_live_server(test_database_url, TIDEBASE_LEASE_MS=str(LEASE_MS))
-    yield server.url
-    server.stop()
-
-
-@pytest.fixture
-def short_lease(short_lease_server: str, test_database_url: str) -> str:
-    """The short-lease server's URL (depends on ``test_database_url`` so the test is marked
-    transactional like every live-server test)."""
-    return short_lease_server
+def _no_env(no_client_env: None) -> None:
+    """Every test here runs without TIDEBASE_* from the environment."""
 
 
 @pytest.fixture

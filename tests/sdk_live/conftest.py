@@ -2,7 +2,7 @@
 gunicorn server on the test database.
 
 * ``live_server_url`` (tests/conftest.py): the shared open server, default 60 s leases.
-* ``short_lease_url``: a second open server with ``TIDEBASE_LEASE_MS=1500`` for crash, takeover
+* ``short_lease`` (tests/conftest.py): a second open server with ``TIDEBASE_LEASE_MS=1500`` for crash, takeover
   and cross-client tests, where a dead worker's run lease has to lapse before a resume.
 * ``RequestLog``: a wrapping transport that records every request the SDK sends, so tests can
   count round trips (the resume checkpoint load, gate long-polls) without timing anything.
@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 
-from tests.conftest import start_live_server
 from tidebase import RetryPolicy, RunLeased
 
-LEASE_MS = 1500
 FAST_RETRY = RetryPolicy(max_retries=3, backoff_base_s=0.05, backoff_max_s=0.2)
 
 T = TypeVar("T")
@@ -34,23 +32,8 @@ class Crash(BaseException):
 
 
 @pytest.fixture(autouse=True)
-def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("TIDEBASE_URL", "TIDEBASE_API_KEY", "TIDEBASE_WEBHOOK_SECRET"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture(scope="session")
-def short_lease_url(test_database_url: str) -> Iterator[str]:
-    server = start_live_server(test_database_url, TIDEBASE_LEASE_MS=str(LEASE_MS))
-    yield server.url
-    server.stop()
-
-
-@pytest.fixture
-def short_lease(short_lease_url: str, test_database_url: str) -> str:
-    """The short-lease server's URL (depends on ``test_database_url`` so the test is marked
-    transactional like every live-server test)."""
-    return short_lease_url
+def _no_env(no_client_env: None) -> None:
+    """Every test here runs without TIDEBASE_* from the environment."""
 
 
 @dataclass
