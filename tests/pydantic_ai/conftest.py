@@ -17,6 +17,9 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from tests.live import detail as detail
+from tests.live import pending_gate as pending_gate
+from tests.live import wait_for as wait_for
 from tidebase import RunLeased
 
 T = TypeVar("T")
@@ -34,31 +37,9 @@ def data_dir(tmp_path: Path) -> Path:
     return path
 
 
-def detail(url: str, run_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{url}/runs/{run_id}", timeout=30)
-    response.raise_for_status()
-    body: dict[str, Any] = response.json()
-    return body
-
-
 def step_names(url: str, run_id: str, status: str | None = "completed") -> list[str]:
     steps = detail(url, run_id)["steps"]
     return [s["name"] for s in steps if status is None or s["status"] == status]
-
-
-def wait_for(predicate: Callable[[], T | None], timeout_s: float = 30.0, interval_s: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s")
-        time.sleep(interval_s)
-
-
-def pending_gate(url: str, run_id: str) -> dict[str, Any] | None:
-    return next((g for g in detail(url, run_id)["gates"] if g["status"] == "pending"), None)
 
 
 def resolve_gate(url: str, run_id: str, gate: dict[str, Any], decision: str = "approved") -> None:

@@ -19,6 +19,9 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from tests.live import detail as detail
+from tests.live import pending_gate as pending_gate
+from tests.live import wait_for as wait_for
 from tidebase import RetryPolicy, RunLeased
 
 FAST_RETRY = RetryPolicy(max_retries=3, backoff_base_s=0.05, backoff_max_s=0.2)
@@ -73,30 +76,6 @@ class AsyncLoggingTransport(httpx.AsyncHTTPTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.log.record(request)
         return await super().handle_async_request(request)
-
-
-def detail(url: str, run_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{url}/runs/{run_id}", timeout=30)
-    response.raise_for_status()
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def wait_for(predicate: Callable[[], T | None], timeout_s: float = 30.0, interval_s: float = 0.05) -> T:
-    """Poll until ``predicate()`` is truthy (a liveness bound, not a timing assertion)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s")
-        time.sleep(interval_s)
-
-
-def pending_gate(url: str, run_id: str) -> dict[str, Any] | None:
-    gates = detail(url, run_id)["gates"]
-    return next((g for g in gates if g["status"] == "pending"), None)
 
 
 def resolve_gate(url: str, run_id: str, gate: dict[str, Any], decision: str = "approved") -> dict[str, Any]:

@@ -92,11 +92,13 @@ def run_create(
     return run
 
 
-def _locked_run(run_id: str) -> Run:
-    try:
-        return Run.objects.select_for_update(no_key=True).get(id=run_id)
-    except Run.DoesNotExist:
-        raise RunNotFound() from None
+def _locked_run(run_id: str) -> tuple[Run, dt.datetime]:
+    """The run, row-locked (FOR NO KEY UPDATE), and the database clock read by the same
+    statement (no extra round trip for ``now()``). Raises RunNotFound."""
+    run = Run.objects.select_for_update(no_key=True).annotate(db_now=Now()).filter(id=run_id).first()
+    if run is None:
+        raise RunNotFound()
+    return run, run.db_now
 
 
 @transaction.atomic(durable=True)
@@ -105,8 +107,7 @@ def run_begin(*, run_id: str, owner: str | None = None) -> tuple[Run, str]:
     leases taken under an older run lease stale. Emits ``run.started``.
 
     Raises RunNotFound, RunCancelled (409 ``run_cancelled``) or RunLeased (409)."""
-    run = _locked_run(run_id)
-    now = db_now()
+    run, now = _locked_run(run_id)
     action = protocol.decide_run_begin(
         status=run.status,
         lease_owner=run.lease_owner,
@@ -151,7 +152,7 @@ def run_complete(*, run_id: str, result: Any) -> Run:
     """Finish a run. Unfenced, as the SDKs require (§19.6). A cancelled run is returned
     unchanged (§19.14); so is an already-completed one: a second complete never overwrites
     the first result (our fix of §18.1). Emits ``run.completed`` and its channel event."""
-    run = _locked_run(run_id)
+    run, now = _locked_run(run_id)
     if run.status in ("cancelled", "completed"):
         return run
     run.status = "completed"
@@ -159,7 +160,7 @@ def run_complete(*, run_id: str, result: Any) -> Run:
     run.error = None
     run.lease_owner = None
     run.lease_expires_at = None
-    run.completed_at = db_now()
+    run.completed_at = now
     run.save(
         update_fields=["status", "result", "error", "lease_owner", "lease_expires_at", "completed_at", "updated_at"]
     )
@@ -174,10 +175,9 @@ def run_fail(*, run_id: str, error: Any, failure_class: str | None = None) -> tu
     fail never flips a completed run: our fix of §18.1). Queue runs with attempts left are
     requeued with backoff; otherwise the run fails, emits ``run.failed`` + channel event, and a
     ``run.resume`` outbox row is written when the run has a recovery webhook."""
-    run = _locked_run(run_id)
+    run, now = _locked_run(run_id)
     if run.status in ("cancelled", "completed"):
         return run, False
-    now = db_now()
     error = {} if error is None else error
     run.error = error
     run.lease_owner = None
@@ -203,7 +203,7 @@ def run_fail(*, run_id: str, error: Any, failure_class: str | None = None) -> tu
     event_append(run_id=run.id, type="run.failed", payload={"error": error, "failureClass": run.failure_class})
     notify_channels(run_id=run.id, event_type="run.failed", payload={"run": wire.run_out(run), "error": error})
     if run.recovery_webhook:
-        recovery_record(run, reason="run_failed")
+        recovery_record(run, reason="run_failed", now=now)
     return run, False
 
 
@@ -211,12 +211,11 @@ def run_fail(*, run_id: str, error: Any, failure_class: str | None = None) -> tu
 def run_cancel(*, run_id: str, reason: str | None = None, actor: str | None = None) -> Run:
     """Cancel a run: one-way and idempotent (§6.9). A completed run cannot be cancelled
     (409 ``run_completed``); a second cancel returns the run unchanged with no event."""
-    run = _locked_run(run_id)
+    run, now = _locked_run(run_id)
     if run.status == "cancelled":
         return run
     if run.status == "completed":
         raise RunCompleted("run already completed", run=wire.run_out(run))
-    now = db_now()
     run.status = "cancelled"
     run.cancel_requested_at = run.cancel_requested_at or now
     run.cancelled_at = now
@@ -243,7 +242,9 @@ def run_cancel(*, run_id: str, reason: str | None = None, actor: str | None = No
     return run
 
 
-def recovery_record(run: Run, *, reason: str, type: str = "run.resume", url: str | None = None) -> RecoveryAttempt:
+def recovery_record(
+    run: Run, *, reason: str, type: str = "run.resume", url: str | None = None, now: dt.datetime | None = None
+) -> RecoveryAttempt:
     """Outbox row for a ``run.resume`` (or, with ``url`` = a queue's invokeUrl, ``run.invoke``)
     webhook plus ``recovery.started``; inside the caller's transaction. The dispatcher delivers
     it after commit and records the outcome."""
@@ -252,7 +253,7 @@ def recovery_record(run: Run, *, reason: str, type: str = "run.resume", url: str
         reason=reason,
         webhook_url=url or run.recovery_webhook or "",
         type=type,
-        next_attempt_at=db_now(),
+        next_attempt_at=now or db_now(),
     )
     event_append(run_id=run.id, type="recovery.started", payload={"recoveryAttemptId": attempt.id, "reason": reason})
     after_commit("recovery", [attempt.id])
@@ -263,7 +264,7 @@ def recovery_record(run: Run, *, reason: str, type: str = "run.resume", url: str
 def run_recover(*, run_id: str, reason: str = "manual") -> RecoveryAttempt:
     """Record a manual ``run.resume`` request (§6.10); delivery is the dispatcher's job.
     Raises NoRecoveryWebhook (422) when the run has none."""
-    run = _locked_run(run_id)
+    run, _ = _locked_run(run_id)
     if not run.recovery_webhook:
         raise NoRecoveryWebhook("run has no recoveryWebhook configured")
     return recovery_record(run, reason=reason or "manual")
@@ -284,7 +285,7 @@ def child_create(
 ) -> tuple[Run, RunEdge, bool]:
     """Create or reuse the child run behind edge ``name`` (§6.11). The parent row lock plus the
     unique (parent, name) index make concurrent creations of one edge yield one child."""
-    parent = _locked_run(parent_run_id)
+    parent, _ = _locked_run(parent_run_id)
     edge = RunEdge.objects.select_related("child_run").filter(parent_run=parent, name=name).first()
     if edge is not None:
         return edge.child_run, edge, False
@@ -328,8 +329,3 @@ def child_create(
         },
     )
     return child, edge, True
-
-
-def run_touch_lease(*, run_id: str, owner: str) -> None:
-    """Renew the run lease when its current owner is active (our fix of §18.4); no-op otherwise."""
-    Run.objects.filter(id=run_id, status="running", lease_owner=owner).update(lease_expires_at=Now() + lease_delta())
