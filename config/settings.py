@@ -80,6 +80,8 @@ PORT = env_int("PORT", 7373)
 # --- Tidebase protocol settings (PROTOCOL.md §16) -----------------------------------------
 TIDEBASE_API_KEY = os.environ.get("TIDEBASE_API_KEY") or None
 TIDEBASE_LEASE_MS = env_int("TIDEBASE_LEASE_MS", 60000)
+# A first step begin commits without waiting for the WAL flush unless this is on (see README).
+TIDEBASE_STEP_BEGIN_SYNC_COMMIT = env_bool("TIDEBASE_STEP_BEGIN_SYNC_COMMIT", False)
 TIDEBASE_WEBHOOK_SECRET = os.environ.get("TIDEBASE_WEBHOOK_SECRET") or None
 TIDEBASE_PUBLIC_URL = (os.environ.get("TIDEBASE_PUBLIC_URL") or f"http://localhost:{PORT}").removesuffix("/")
 TIDEBASE_CORS_ORIGIN = os.environ.get("TIDEBASE_CORS_ORIGIN") or "*"

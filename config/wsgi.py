@@ -1,6 +1,8 @@
 """WSGI entry point.
 
-Protocol paths (``/runs``, ``/health``, ...) go to a handler whose middleware chain is only
+``POST /runs/:id/steps/begin`` and ``.../steps/:id/complete`` are answered by
+``tidebase_core.api.hotpath`` without building a Django request when they are plain (see there).
+Other protocol paths (``/runs``, ``/health``, ...) go to a handler whose middleware chain is only
 ``ProtocolMiddleware``: the wire protocol never uses sessions, CSRF, messages or auth
 middleware, and skipping them is a measurable share of a step's latency. Everything else (the
 dashboard, the admin) gets the full ``settings.MIDDLEWARE`` chain.
@@ -20,6 +22,7 @@ site = get_wsgi_application()
 from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
 from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
 
+from tidebase_core.api import hotpath  # noqa: E402
 from tidebase_core.middleware import ProtocolMiddleware, is_protocol_path  # noqa: E402
 
 
@@ -36,5 +39,8 @@ protocol = ProtocolHandler()
 
 
 def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    answered = hotpath.serve(environ, start_response)
+    if answered is not None:
+        return answered
     handler = protocol if is_protocol_path(environ.get("PATH_INFO", "")) else site
     return handler(environ, start_response)

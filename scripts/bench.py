@@ -42,6 +42,9 @@ INTEROP_VENV = ROOT / "var" / "interop-venv"
 OFFICIAL_VERSION = "0.7.0"
 BENCH_DB = "tidebase_bench"
 
+sys.path.insert(0, str(ROOT))
+from tidebase_core.server import gunicorn_argv  # noqa: E402
+
 CONFIG = {
     "rtt_samples": 300,
     "warmup_steps": 50,
@@ -87,7 +90,6 @@ def base_database_url() -> str:
     url = os.environ.get("DATABASE_URL")
     if url:
         return url
-    sys.path.insert(0, str(ROOT))
     from config.embedded import embedded_database_url
 
     return embedded_database_url()
@@ -161,24 +163,7 @@ class Server:
             DATABASE_URL=database_url, PORT=str(self.port), TIDEBASE_PUBLIC_URL=self.url, TIDEBASE_API_KEY=""
         )
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "config.wsgi",
-                "-b",
-                f"127.0.0.1:{self.port}",
-                "-w",
-                "2",
-                "-k",
-                "gthread",
-                "--threads",
-                "32",
-                "--graceful-timeout",
-                "5",
-                "--timeout",
-                "120",
-            ],
+            gunicorn_argv(bind=f"127.0.0.1:{self.port}", workers=2, threads=32),
             cwd=ROOT,
             env=env,
             stdout=self.log,
@@ -326,7 +311,6 @@ class WireCounter:
 def sql_counts() -> dict[str, Any]:
     """Runs in a subprocess whose DATABASE_URL is the bench database. Drives the real views through
     Django's test Client (full middleware stack) and records every round trip to Postgres."""
-    sys.path.insert(0, str(ROOT))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
 
@@ -401,7 +385,6 @@ def pg_stat_statements_preloaded(database_url: str) -> bool:
 
 
 def measure_our_sdk(url: str, official_gate: dict[str, Any] | None) -> dict[str, Any] | None:
-    sys.path.insert(0, str(ROOT))
     try:
         import tidebase
 
@@ -668,11 +651,15 @@ def main() -> int:
     seq = official["sequential"]
     threads = official["threads"]
     step_over_rtt = seq["step_ms"]["p50"] / rtt_ms
+    # What no server can beat: a step is two round trips (begin, complete) and at least one
+    # durable commit (the complete's), so the 6x target is only reachable where 2 RTT + a commit
+    # leaves room under it. Reported so the ratio can be read against this machine's floor.
+    step_floor_ms = 2 * rtt_ms + pg_commit["p50"]
     throughput_ratio = threads["8"]["steps_per_s"] * rtt_ms / 1000
     report: dict[str, Any] = {
         "bench": {
             "database": BENCH_DB,
-            "server": "gunicorn config.wsgi -w 2 -k gthread --threads 32",
+            "server": " ".join(gunicorn_argv(bind="127.0.0.1:PORT", workers=2, threads=32)[1:]),
             "config": CONFIG,
             "duration_s": None,
         },
@@ -682,6 +669,8 @@ def main() -> int:
             "pg_commit_ms": pg_commit["p50"],
             "pg_commit_ms_p95": pg_commit["p95"],
             "server_health_ms": official["server_health_ms"]["p50"],
+            "step_floor_ms": round(step_floor_ms, 3),
+            "step_floor_over_rtt": round(step_floor_ms / rtt_ms, 2),
         },
         "official": {
             "client": f"tidebase {official['client_version']} (PyPI, var/interop-venv)",
@@ -698,6 +687,7 @@ def main() -> int:
         "ratios": {
             "step_p50_over_rtt": round(step_over_rtt, 2),
             "step_p50_over_rtt_target_max": TARGET_STEP_OVER_RTT,
+            "step_p50_over_step_floor": round(seq["step_ms"]["p50"] / step_floor_ms, 2),
             "steps_per_s_8_threads_over_inverse_rtt": round(throughput_ratio, 3),
             "steps_per_s_8_threads_over_inverse_rtt_target_min": TARGET_THROUGHPUT_OVER_INVERSE_RTT,
             "meets_targets": step_over_rtt <= TARGET_STEP_OVER_RTT
@@ -718,9 +708,11 @@ def log_summary(r: dict[str, Any]) -> None:
     f, o, x, s = r["floor"], r["official"], r["ratios"], r["sql"]
     lines = [
         f"floor: bare HTTP RTT p50 {f['bare_rtt_ms']:.3f} ms, PG commit p50 {f['pg_commit_ms']:.3f} ms, "
-        f"server GET /health p50 {f['server_health_ms']:.3f} ms",
+        f"server GET /health p50 {f['server_health_ms']:.3f} ms; step floor (2 RTT + 1 commit) "
+        f"{f['step_floor_ms']:.3f} ms = {f['step_floor_over_rtt']:.2f}x RTT",
         f"official step p50 {o['step_ms_p50']:.2f} ms / p95 {o['step_ms_p95']:.2f} ms "
-        f"= {x['step_p50_over_rtt']:.2f}x RTT (target <= {TARGET_STEP_OVER_RTT})",
+        f"= {x['step_p50_over_rtt']:.2f}x RTT (target <= {TARGET_STEP_OVER_RTT}) = "
+        f"{x['step_p50_over_step_floor']:.2f}x the step floor",
         "official steps/s: sequential {} | threads {}".format(
             o["steps_per_s_sequential"], ", ".join(f"{n}: {v}" for n, v in o["steps_per_s_threads"].items())
         ),

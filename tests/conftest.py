@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 from django.db import connection
+
+from tidebase_core.server import gunicorn_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,22 +48,7 @@ class LiveServer:
         full_env = {**os.environ, **env, "PORT": str(self.port), "TIDEBASE_PUBLIC_URL": self.url}
         self.log = open(ROOT / "var" / f"live-{self.port}.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "config.wsgi",
-                "-b",
-                f"127.0.0.1:{self.port}",
-                "-w",
-                str(workers),
-                "-k",
-                "gthread",
-                "--threads",
-                "16",
-                "--graceful-timeout",
-                "2",
-            ],
+            gunicorn_argv(bind=f"127.0.0.1:{self.port}", workers=workers, threads=16, graceful_timeout=2),
             cwd=ROOT,
             env=full_env,
             stdout=self.log,

@@ -73,10 +73,11 @@ def fetch_prepared(sql: str, params: Any, json_cols: frozenset[str] = frozenset(
     raw = connection.connection
     with connection.wrap_database_errors, psycopg.Cursor(raw) as cur:
         cur.execute(sql, params, prepare=True)
-        description = cur.description  # built anew on every access
-        if description is None:
+        result = cur.pgresult
+        if result is None or not result.nfields:
             return []
-        names = [d[0] for d in description]
+        # the names straight from the result: ``description`` builds a Column object per field
+        names = [(result.fname(i) or b"").decode() for i in range(result.nfields)]
         return [wrap(dict(zip(names, rec, strict=True)), json_cols) for rec in cur.fetchall()]
 
 

@@ -11,7 +11,6 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from tidebase_core import auth
-from tidebase_core.api.fastpath import try_fast
 from tidebase_core.wire import json_response
 
 PROTOCOL_PREFIXES = ("/health", "/runs", "/queues", "/schedules")
@@ -91,4 +90,4 @@ class ProtocolMiddleware:
             else:
                 return json_response({"error": "unauthorized", "code": "unauthorized"}, 401)
         request.tb_principal = principal  # type: ignore[attr-defined]
-        return try_fast(request) or self.get_response(request)
+        return self.get_response(request)

@@ -16,8 +16,13 @@ router = Router(tags=["steps"])
 
 @router.post("/{run_id}/steps/begin", operation_id="begin_step")
 def begin_step(request: HttpRequest, run_id: str, payload: StepBeginIn) -> HttpResponse:
+    return wire.json_response(begin_body(seg(run_id), payload))
+
+
+def begin_body(run_id: str, payload: StepBeginIn) -> dict[str, object]:
+    """Begin (or replay) a step and shape the answer; shared with the WSGI hot path."""
     result = services.step_begin(
-        run_id=seg(run_id),
+        run_id=run_id,
         name=payload.name,
         input_hash=payload.inputHash,
         input=payload.input,
@@ -35,7 +40,7 @@ def begin_step(request: HttpRequest, run_id: str, payload: StepBeginIn) -> HttpR
     elif result.action == "input_mismatch":
         body["expectedInputHash"] = result.expected_hash
         body["actualInputHash"] = payload.inputHash
-    return wire.json_response(body)
+    return body
 
 
 @router.get("/{run_id}/steps", operation_id="list_steps")
@@ -48,10 +53,13 @@ def list_steps(request: HttpRequest, run_id: str, status: str | None = None) -> 
 
 @router.post("/{run_id}/steps/{step_id}/complete", operation_id="complete_step")
 def complete_step(request: HttpRequest, run_id: str, step_id: str, payload: StepCompleteIn) -> HttpResponse:
-    step = services.step_complete(
-        run_id=seg(run_id), step_id=seg(step_id), owner=payload.leaseOwner, output=payload.output
-    )
-    return wire.json_response({"step": wire.step_out(step)})
+    return wire.json_response(complete_body(seg(run_id), seg(step_id), payload))
+
+
+def complete_body(run_id: str, step_id: str, payload: StepCompleteIn) -> dict[str, object]:
+    """Checkpoint a step's output and shape the answer; shared with the WSGI hot path."""
+    step = services.step_complete(run_id=run_id, step_id=step_id, owner=payload.leaseOwner, output=payload.output)
+    return {"step": wire.step_out(step)}
 
 
 @router.post("/{run_id}/steps/{step_id}/fail", operation_id="fail_step")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from tidebase_core import protocol
 from tidebase_core.db import STEP_JSON, Row, fetch_one, fetch_prepared, fetch_rows, jsonb, py
@@ -26,6 +26,9 @@ RENEW = """lease_expires_at = CASE
 # First begin or replay in one statement. ``ins`` only inserts when no step of that name is
 # visible; a concurrent first begin loses on the unique (run, name) index (DO NOTHING) and the
 # caller falls back to the locked path. The event's seq comes from the run row (``bump``).
+# ``commit`` sets synchronous_commit for this statement's own transaction: a first begin is a
+# lease, not a checkpoint, so by default it does not wait for the WAL flush (see
+# docs/decisions.md, "Step begins commit asynchronously"); completes always do.
 BEGIN_SQL = f"""
 WITH r AS (
   SELECT id, status, attempt, lease_owner,
@@ -53,7 +56,7 @@ ev AS (
   SELECT %(run)s, bump.event_seq, 'step.started', %(payload)s, now() FROM bump
 )
 SELECT r.status AS run_status, r.stale AS run_lease_elsewhere, (SELECT count(*) FROM ins) AS inserted, s.*
-FROM (SELECT 1) one
+FROM (SELECT set_config('synchronous_commit', COALESCE(%(commit)s, current_setting('synchronous_commit')), true)) one
 LEFT JOIN r ON true
 LEFT JOIN LATERAL (SELECT * FROM ins UNION ALL SELECT * FROM existing) s ON true
 """
@@ -127,6 +130,8 @@ def step_begin(
         "contract": jsonb(contract),
         "payload": jsonb({"stepId": sid, "name": name, "attempt": 1, "resumeContract": contract}),
         "explicit": explicit_owner,
+        # inside a caller's transaction the setting would cover all of it: leave it alone there
+        "commit": None if settings.TIDEBASE_STEP_BEGIN_SYNC_COMMIT or connection.in_atomic_block else "off",
         **_lease_params(owner),
     }
     row = fetch_prepared(BEGIN_SQL, params, STEP_JSON)[0]

@@ -14,6 +14,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
+from tidebase_core.server import gunicorn_argv
+
 
 class Command(BaseCommand):
     help = "Run the Tidebase web server (gunicorn) on $PORT."
@@ -34,24 +36,7 @@ class Command(BaseCommand):
         connection.close()
         bind = f"{options['host']}:{options['port']}"
         self.stdout.write(f"Tidebase listening on http://{bind} (dashboard /dashboard/, admin /admin/)")
-        argv = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "config.wsgi",
-            "--bind",
-            bind,
-            "--workers",
-            str(options["workers"]),
-            "--worker-class",
-            "gthread",
-            "--threads",
-            str(options["threads"]),
-            "--access-logfile",
-            "-" if settings.DEBUG else "/dev/null",
-            "--graceful-timeout",
-            "5",
-            "--timeout",
-            "120",
-        ]
+        argv = gunicorn_argv(
+            bind=bind, workers=options["workers"], threads=options["threads"], access_log=settings.DEBUG
+        )
         os.execv(sys.executable, argv)  # noqa: S606

@@ -1,0 +1,141 @@
+"""The WSGI hot path for step begin/complete (tidebase_core.api.hotpath): which requests it
+answers, and that its answers are the framework's answers, byte for byte in shape."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.api.test_protocol_routes import STEP_KEYS, begun
+from tidebase_core.api import hotpath
+from tidebase_core.services import runs as run_services
+
+pytestmark = pytest.mark.django_db(transaction=True, available_apps=["tidebase_core"])
+
+
+def encoded(run_id: str) -> str:
+    """The same run id with one character percent-encoded: the framework path (§19.9)."""
+    return run_id.replace("_", "%5F", 1)
+
+
+def shape(value: Any) -> Any:
+    """Keys and value types, recursively (ids and times differ between two steps)."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shape(v) for v in value]
+    return type(value).__name__
+
+
+def test_hot_and_framework_paths_answer_alike(api: httpx.Client) -> None:
+    run_id, owner = begun(api)
+    answers = {}
+    for label, rid in (("hot", run_id), ("framework", encoded(run_id))):
+        body = {"name": f"s-{label}", "inputHash": "h", "input": {"q": 1}, "leaseOwner": owner}
+        begin = api.post(f"/runs/{rid}/steps/begin", json=body)
+        step_id = begin.json()["step"]["id"]
+        complete = api.post(f"/runs/{rid}/steps/{step_id}/complete", json={"leaseOwner": owner, "output": [1, "x"]})
+        replay = api.post(f"/runs/{rid}/steps/begin", json=body)
+        answers[label] = [
+            (r.status_code, r.headers["content-type"], shape(r.json())) for r in (begin, complete, replay)
+        ]
+        assert begin.json()["action"] == "execute" and replay.json()["action"] == "return"
+        assert replay.json()["output"] == [1, "x"]
+        assert set(begin.json()["step"]) == STEP_KEYS
+        assert begin.headers["access-control-allow-origin"] == "*"
+    assert answers["hot"] == answers["framework"]
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "status", "code"),
+    [
+        (b"{not json", {"content-type": "application/json"}, 400, "invalid_json"),
+        (b'{"inputHash": "h"}', {"content-type": "application/json"}, 400, "invalid_request"),
+        (b'{"name": 5, "inputHash": "h"}', {"content-type": "application/json"}, 400, "invalid_request"),
+        (b"[]", {"content-type": "application/json"}, 400, None),
+        (b"", {"content-type": "application/json"}, 400, None),
+        (b'{"name": "a\\u0000b", "inputHash": "h", "input": "\\u0000"}', {}, 400, None),
+    ],
+)
+def test_what_the_hot_path_declines_still_gets_a_clear_4xx(
+    api: httpx.Client, content: bytes, headers: dict[str, str], status: int, code: str | None
+) -> None:
+    run_id, owner = begun(api)
+    response = api.post(f"/runs/{run_id}/steps/begin", content=content, headers=headers)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["code"] and body["error"]
+    if code is not None:
+        assert body["code"] == code
+
+
+def test_domain_errors_from_the_hot_path(api: httpx.Client) -> None:
+    run_id, owner = begun(api)
+    missing = api.post("/runs/run_nope/steps/begin", json={"name": "s", "inputHash": "h"})
+    assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
+    step = api.post(f"/runs/{run_id}/steps/begin", json={"name": "s", "inputHash": "h", "leaseOwner": owner})
+    stale = api.post(
+        f"/runs/{run_id}/steps/{step.json()['step']['id']}/complete", json={"leaseOwner": "someone-else", "output": 1}
+    )
+    assert (stale.status_code, stale.json()["code"]) == (409, "lease_lost")
+    assert stale.headers["access-control-allow-origin"] == "*"
+
+
+# ---- routing decisions, in process -----------------------------------------------------------
+
+
+def environ(path: str, body: bytes, *, raw_uri: str | None = None, **extra: str) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "RAW_URI": raw_uri if raw_uri is not None else path,
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+    }
+    env.update(extra)
+    return env
+
+
+def serve(env: dict[str, Any]) -> tuple[str | None, bytes | None]:
+    status: list[str] = []
+    answered = hotpath.serve(env, lambda s, headers: status.append(s))
+    return (status[0], b"".join(answered)) if answered is not None else (None, None)
+
+
+def test_plain_requests_are_answered_and_unusual_ones_handed_on() -> None:
+    run = run_services.run_create(workflow_name="wf")
+    _, owner = run_services.run_begin(run_id=run.id, owner="w")
+    body = json.dumps({"name": "s", "inputHash": "h", "leaseOwner": owner}).encode()
+    path = f"/runs/{run.id}/steps/begin"
+
+    status, content = serve(environ(path, body))
+    assert status == "200 OK" and content is not None and json.loads(content)["action"] == "execute"
+
+    declined = [
+        environ(path, body, REQUEST_METHOD="PUT"),
+        environ(path, body, raw_uri=f"/runs/{encoded(run.id)}/steps/begin"),
+        environ(path, body, raw_uri=""),  # a server that does not say what the client sent
+        environ(path, body, CONTENT_TYPE="text/plain"),
+        environ(path, body, CONTENT_LENGTH=""),  # chunked
+        environ(path, b"{", CONTENT_LENGTH="1"),
+        environ(f"/runs/{run.id}/steps", body),
+    ]
+    for env in declined:
+        assert serve(env) == (None, None), env
+    handed_on = declined[3]
+    assert handed_on["wsgi.input"].read() == body  # the framework still reads the whole body
+
+
+def test_the_env_key_is_required_when_set(settings: Any) -> None:
+    settings.TIDEBASE_API_KEY = "secret"
+    run = run_services.run_create(workflow_name="wf")
+    body = json.dumps({"name": "s", "inputHash": "h"}).encode()
+    path = f"/runs/{run.id}/steps/begin"
+    assert serve(environ(path, body)) == (None, None)  # the framework answers 401
+    assert serve(environ(path, body, HTTP_AUTHORIZATION="Bearer wrong")) == (None, None)
+    assert serve(environ(path, body, HTTP_AUTHORIZATION="Bearer secret"))[0] == "200 OK"
