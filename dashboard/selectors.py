@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import Count, DecimalField, F, QuerySet, Sum, Value
-from django.db.models.functions import Coalesce, Now, TruncDay
+from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
 from tidebase_core.models import (
@@ -28,6 +28,7 @@ from tidebase_core.models import (
     StateStream,
     StateVersion,
     Step,
+    UsageDaily,
     UsageRecord,
 )
 from tidebase_core.models.runs import TERMINAL_STATUSES, RunStatus
@@ -317,64 +318,85 @@ class UsageReport:
         }
 
 
-#: Per-run totals over the range, then each run's workflow by primary-key probe (a correlated
-#: scalar subquery is never turned into a hash join, which would read all of tb_run), then the
-#: per-workflow breakdown and the top runs from the same materialized totals, in one statement.
-_RUN_TOTALS_SQL = """
-WITH per_run AS MATERIALIZED (
-    SELECT run_id,
-           COALESCE(SUM(cost_usd), 0) AS cost,
-           COALESCE(SUM(COALESCE(total_tokens, COALESCE(input_tokens, 0) + COALESCE(output_tokens, 0))), 0) AS tokens,
-           MIN(created_at) AS first, MAX(created_at) AS last
-    FROM tb_usage
-    WHERE created_at >= %s AND created_at < %s
-    GROUP BY run_id
-), named AS MATERIALIZED (
-    SELECT p.*, (SELECT r.workflow_name FROM tb_run r WHERE r.id = p.run_id) AS workflow FROM per_run p
-)
-(SELECT 'workflow' AS part, workflow, NULL AS run_id, SUM(cost) AS cost, SUM(tokens) AS tokens,
-        COUNT(*) AS runs, NULL::timestamptz AS first, NULL::timestamptz AS last
- FROM named GROUP BY workflow ORDER BY SUM(cost) DESC, workflow LIMIT %s)
+def _days(since: dt.datetime, until: dt.datetime) -> tuple[dt.date, dt.date]:
+    """The UTC days a range covers, as [first, end): the rollups are per day, so a range that
+    does not start or end at midnight UTC is widened to whole days (the form only makes whole
+    days)."""
+    first = since.astimezone(dt.UTC)
+    last = until.astimezone(dt.UTC)
+    end = last.date() if last.time() == dt.time.min else last.date() + dt.timedelta(days=1)
+    return first.date(), end
+
+
+def _midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC)
+
+
+#: Per-workflow totals from the daily rollup, and the top runs by cost from the per-run totals,
+#: in one statement. Top runs are the runs with usage in the range (first usage before its end,
+#: last usage at or after its start), ranked by their whole cost: the inner query walks
+#: tb_usage_run_cost_idx from the highest cost, filters on the first/last times the index
+#: carries, and stops after N matches (an empty range never walks it: the one-time EXISTS).
+_WORKFLOWS_AND_TOP_RUNS_SQL = """
+(SELECT 'workflow' AS part, workflow, NULL AS run_id, SUM(cost_usd) AS cost, SUM(total_tokens) AS tokens,
+        SUM(runs) AS runs, NULL::timestamptz AS first, NULL::timestamptz AS last
+ FROM tb_usage_daily WHERE day >= %(first)s AND day < %(end)s
+ GROUP BY workflow ORDER BY SUM(cost_usd) DESC, workflow LIMIT %(workflows)s)
 UNION ALL
-(SELECT 'run', workflow, run_id, cost, tokens, 1, first, last FROM named ORDER BY cost DESC, run_id LIMIT %s)
+(SELECT 'run', t.workflow, t.run_id, t.cost_usd, t.total_tokens, 1, t.first_at, t.last_at
+ FROM (SELECT run_id FROM tb_usage_run
+       WHERE first_at < %(until)s AND last_at >= %(since)s
+         AND EXISTS (SELECT 1 FROM tb_usage_daily WHERE day >= %(first)s AND day < %(end)s)
+       ORDER BY cost_usd DESC, run_id LIMIT %(runs)s) top
+ JOIN tb_usage_run t ON t.run_id = top.run_id
+ ORDER BY t.cost_usd DESC, t.run_id)
 """
 
 
 def usage_report(*, since: dt.datetime, until: dt.datetime) -> UsageReport:
-    """Two aggregations in Postgres over ``created_at`` in [since, until), each one range scan of
-    tb_usage_created_idx: day x provider x model (the daily totals are summed from it here), and
-    per run (the per-workflow breakdown and the top runs). Every day of the range is present, with
-    zeros, so charts have an axis. JIT is off for these statements: over millions of rows its
-    compilation cost more than it saved (measured by scripts/dashboard_scale.py)."""
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL jit = off")
-        by_model = list(
-            UsageRecord.objects.filter(created_at__gte=since, created_at__lt=until)
-            .annotate(day=TruncDay("created_at", tzinfo=dt.UTC))
-            .values("day", "provider", "model")
-            .annotate(
-                records=Count("*"),
-                sum_input=Coalesce(Sum("input_tokens"), 0),
-                sum_output=Coalesce(Sum("output_tokens"), 0),
-                tokens=Coalesce(Sum(_tokens()), 0),
-                cost=Coalesce(Sum("cost_usd"), _zero()),
-            )
-            .order_by("day", "provider", "model")
+    """Two queries on the usage rollups (maintained with every usage record, so current to the
+    last commit; see docs/decisions.md, "Usage rollups"), whatever the number of usage records:
+    day x provider x model from tb_usage_daily (a range scan of its unique key; the daily totals
+    are summed from it here), and the per-workflow breakdown plus the top runs. Every day of the
+    range is present, with zeros, so charts have an axis. By workflow, ``runs`` counts the runs
+    whose first usage record is in the range."""
+    first, end = _days(since, until)
+    rows = (
+        UsageDaily.objects.filter(day__gte=first, day__lt=end)
+        .values("day", "provider", "model")
+        .annotate(
+            records=Sum("records"),
+            sum_input=Sum("input_tokens"),
+            sum_output=Sum("output_tokens"),
+            tokens=Sum("total_tokens"),
+            cost=Sum("cost_usd"),
         )
-        with connection.cursor() as cursor:
-            cursor.execute(_RUN_TOTALS_SQL, [since, until, 20, 10])
-            totals = cursor.fetchall()
+        .order_by("day", "provider", "model")
+    )
+    # days as UTC midnights (datetimes), as the template and the chart series expect
+    by_model: list[dict[str, Any]] = [{**row, "day": _midnight(row["day"])} for row in rows]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _WORKFLOWS_AND_TOP_RUNS_SQL,
+            {
+                "first": first,
+                "end": end,
+                "since": _midnight(first),
+                "until": _midnight(end),
+                "workflows": 20,
+                "runs": 10,
+            },
+        )
+        totals = cursor.fetchall()
     days: dict[dt.datetime, dict[str, Any]] = {}
     for row in by_model:
         day = days.setdefault(row["day"], {"day": row["day"], "cost": Decimal(0), "tokens": 0, "records": 0})
         day["cost"] += row["cost"]
         day["tokens"] += int(row["tokens"])
         day["records"] += int(row["records"])
-    start = since.astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     filled = []
-    cursor_day = start
-    while cursor_day < until:
+    cursor_day = _midnight(first)
+    while cursor_day < _midnight(end):
         filled.append(days.get(cursor_day, {"day": cursor_day, "cost": Decimal(0), "tokens": 0, "records": 0}))
         cursor_day += dt.timedelta(days=1)
     by_workflow = [
@@ -383,8 +405,15 @@ def usage_report(*, since: dt.datetime, until: dt.datetime) -> UsageReport:
         if part == "workflow"
     ]
     top_runs = [
-        {"run_id": run_id, "workflow": workflow, "cost": cost, "tokens": int(tokens), "first": first, "last": last}
-        for part, workflow, run_id, cost, tokens, _runs, first, last in totals
+        {
+            "run_id": run_id,
+            "workflow": workflow,
+            "cost": cost,
+            "tokens": int(tokens),
+            "first": first_at,
+            "last": last_at,
+        }
+        for part, workflow, run_id, cost, tokens, _runs, first_at, last_at in totals
         if part == "run"
     ]
     return UsageReport(
@@ -393,17 +422,21 @@ def usage_report(*, since: dt.datetime, until: dt.datetime) -> UsageReport:
 
 
 def usage_csv_rows(*, since: dt.datetime, until: dt.datetime) -> QuerySet[Any, Any]:
-    """The finest grain the charts use: day x workflow x provider x model."""
+    """The finest grain the charts use: day x workflow x provider x model, which is one row of
+    tb_usage_daily each (read in its unique key's order). ``day`` is a date."""
+    first, end = _days(since, until)
     return (
-        UsageRecord.objects.filter(created_at__gte=since, created_at__lt=until)
-        .annotate(day=TruncDay("created_at", tzinfo=dt.UTC))
-        .values("day", "provider", "model", workflow=F("run__workflow_name"))
-        .annotate(
-            records=Count("id"),
-            sum_input=Coalesce(Sum("input_tokens"), 0),
-            sum_output=Coalesce(Sum("output_tokens"), 0),
-            sum_tokens=Coalesce(Sum(_tokens()), 0),
-            sum_cost=Coalesce(Sum("cost_usd"), _zero()),
+        UsageDaily.objects.filter(day__gte=first, day__lt=end)
+        .values(
+            "day",
+            "workflow",
+            "provider",
+            "model",
+            "records",
+            sum_input=F("input_tokens"),
+            sum_output=F("output_tokens"),
+            sum_tokens=F("total_tokens"),
+            sum_cost=F("cost_usd"),
         )
         .order_by("day", "workflow", "provider", "model")
     )

@@ -1,4 +1,4 @@
-"""Admin registrations. Protocol state (runs, steps, gates, events, usage) is read-only here:
+"""Admin registrations. Protocol state (runs, steps, gates, events, usage and its rollups) is read-only here:
 editing it by hand would break leases, fencing and exactly-once decisions. API keys are
 created with ``manage.py tidebase_key create`` (the secret is shown once) and can be revoked."""
 
@@ -22,7 +22,9 @@ from tidebase_core.models import (
     StateStream,
     StateVersion,
     Step,
+    UsageDaily,
     UsageRecord,
+    UsageRunTotal,
 )
 
 
@@ -73,6 +75,24 @@ class UsageAdmin(ReadOnlyAdmin):
     list_display = ("run", "kind", "provider", "model", "total_tokens", "cost_usd", "created_at")
     list_filter = ("kind", "provider")
     raw_id_fields = ("run", "step")
+
+
+@admin.register(UsageDaily)
+class UsageDailyAdmin(ReadOnlyAdmin):
+    list_display = ("day", "workflow", "provider", "model", "records", "runs", "total_tokens", "cost_usd")
+    list_filter = ("provider",)
+    search_fields = ("workflow", "model")
+    date_hierarchy = "day"
+    show_full_result_count = False
+
+
+@admin.register(UsageRunTotal)
+class UsageRunTotalAdmin(ReadOnlyAdmin):
+    list_display = ("run", "workflow", "records", "total_tokens", "cost_usd", "first_at", "last_at")
+    search_fields = ("run__id", "workflow")
+    raw_id_fields = ("run",)
+    ordering = ("-cost_usd",)
+    show_full_result_count = False
 
 
 @admin.register(Channel)

@@ -1,4 +1,4 @@
-"""Usage and cost: charts, tables and CSV over a time range, aggregated in Postgres."""
+"""Usage and cost: charts, tables and CSV over a range of UTC days, read from the usage rollups."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def _csv(since: object, until: object) -> StreamingHttpResponse:
         writer = csv.writer(_Echo())
         yield writer.writerow(columns)
         for row in rows.iterator(chunk_size=2000):
-            values = {**row, "day": row["day"].date().isoformat()}
+            values = {**row, "day": row["day"].isoformat()}
             yield writer.writerow([("" if values[k] is None else values[k]) for k in keys])
 
     name = f"tidebase-usage-{since:%Y%m%d}-{until:%Y%m%d}.csv"

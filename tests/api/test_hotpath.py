@@ -43,7 +43,8 @@ def test_hot_and_framework_paths_answer_alike(api: httpx.Client) -> None:
         answers[label] = [
             (r.status_code, r.headers["content-type"], shape(r.json())) for r in (begin, complete, replay)
         ]
-        assert begin.json()["action"] == "execute" and replay.json()["action"] == "return"
+        assert begin.json()["action"] == "execute"
+        assert replay.json()["action"] == "return"
         assert replay.json()["output"] == [1, "x"]
         assert set(begin.json()["step"]) == STEP_KEYS
         assert begin.headers["access-control-allow-origin"] == "*"
@@ -64,11 +65,12 @@ def test_hot_and_framework_paths_answer_alike(api: httpx.Client) -> None:
 def test_what_the_hot_path_declines_still_gets_a_clear_4xx(
     api: httpx.Client, content: bytes, headers: dict[str, str], status: int, code: str | None
 ) -> None:
-    run_id, owner = begun(api)
+    run_id, _owner = begun(api)
     response = api.post(f"/runs/{run_id}/steps/begin", content=content, headers=headers)
     assert response.status_code == status, response.text
     body = response.json()
-    assert body["code"] and body["error"]
+    assert body["code"]
+    assert body["error"]
     if code is not None:
         assert body["code"] == code
 
@@ -114,7 +116,9 @@ def test_plain_requests_are_answered_and_unusual_ones_handed_on() -> None:
     path = f"/runs/{run.id}/steps/begin"
 
     status, content = serve(environ(path, body))
-    assert status == "200 OK" and content is not None and json.loads(content)["action"] == "execute"
+    assert status == "200 OK"
+    assert content is not None
+    assert json.loads(content)["action"] == "execute"
 
     declined = [
         environ(path, body, REQUEST_METHOD="PUT"),

@@ -102,6 +102,7 @@ def test_gate_approved_in_the_inbox__workflow_completes_and_the_late_rejection_l
 
 def test_runs_filter_and_usage_charts(live_server_url: str, login: Any) -> None:
     from tidebase_core.models import Run, UsageRecord
+    from tidebase_core.services.usage import usage_rollups_rebuild
 
     now = timezone.now()
     for i in range(6):
@@ -118,6 +119,7 @@ def test_runs_filter_and_usage_charts(live_server_url: str, login: Any) -> None:
                 cost_usd=Decimal("0.10") * (i + 1),
             )
             UsageRecord.objects.filter(id=rec.id).update(created_at=now - dt.timedelta(days=day))
+    usage_rollups_rebuild()  # the records were written (and backdated) around usage_record
 
     vera = login("vera")
     vera.get_by_role("link", name="Runs", exact=True).click()

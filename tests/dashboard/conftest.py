@@ -26,6 +26,7 @@ from tidebase_core.models import (
     Step,
     UsageRecord,
 )
+from tidebase_core.services.usage import usage_rollup_add
 
 ROLES = ("viewer", "approver", "admin")
 PASSWORD = "correct-horse-battery-9"
@@ -121,7 +122,7 @@ def make_run(
             timeout_at=now + dt.timedelta(hours=1),
         )
     for i in range(usage):
-        UsageRecord.objects.create(
+        record = UsageRecord.objects.create(
             run=run,
             kind="llm",
             provider="openai",
@@ -131,6 +132,7 @@ def make_run(
             total_tokens=150,
             cost_usd=Decimal("0.0125"),
         )
+        usage_rollup_add(usage_id=record.id)  # what usage_record does after its insert
     if extras:
         RunState.objects.create(run=run, value={"phase": "writing"}, version=1)
         stream = StateStream.objects.create(run=run, name="default", target_id=run.id, current_version=1)

@@ -19,13 +19,14 @@ from django.utils import timezone
 from dashboard.services import api_key_create
 from tests.dashboard.conftest import make_run
 from tidebase_core.models import Run, UsageRecord
+from tidebase_core.services.usage import usage_rollups_rebuild
 
 MAX_QUERIES = {
     # session + user + 2 permission lookups (cached for the request) + the page's own queries
     "inbox": 6,
     "runs": 6,
     "run": 17,
-    "usage": 9,  # its two aggregations run in a transaction with SET LOCAL jit = off (+savepoint here)
+    "usage": 6,  # two queries on the usage rollups
     "webhooks": 9,
     "keys": 5,
 }
@@ -164,6 +165,7 @@ def test_usage__aggregates_and_csv_match(clients: dict[str, Client]) -> None:
         )
         if when:
             UsageRecord.objects.filter(id=rec.id).update(created_at=when)
+    usage_rollups_rebuild()  # the records were written (and backdated) around usage_record
     response = clients["viewer"].get(reverse("dashboard:usage"), {"days": "7"})
     report = response.context["report"]
     assert report.total_cost == Decimal("1.76")
@@ -185,3 +187,32 @@ def test_usage__aggregates_and_csv_match(clients: dict[str, Client]) -> None:
         reverse("dashboard:usage"), {"since": yesterday.date().isoformat(), "until": yesterday.date().isoformat()}
     )
     assert custom.context["report"].total_cost == Decimal("1.25")
+
+
+def test_usage__top_runs_rank_runs_with_usage_in_the_range_by_their_whole_cost(clients: dict[str, Client]) -> None:
+    """Top runs: the runs with a usage record in the range, ranked by their total cost (all of
+    their usage). By workflow: the cost in the range, and the runs whose first usage is in it."""
+    old = make_run(workflow="alpha", usage=0, extras=False)
+    spanning = make_run(workflow="beta", usage=0, extras=False)
+    new = make_run(workflow="gamma", usage=0, extras=False)
+    ten_days_ago = timezone.now() - dt.timedelta(days=10)
+    for run, cost, when in [
+        (old, "100", ten_days_ago),
+        (spanning, "5", ten_days_ago),
+        (spanning, "1", None),
+        (new, "2", None),
+    ]:
+        rec = UsageRecord.objects.create(run=run, provider="p", model="m", cost_usd=Decimal(cost))
+        if when:
+            UsageRecord.objects.filter(id=rec.id).update(created_at=when)
+    usage_rollups_rebuild()
+    report = clients["viewer"].get(reverse("dashboard:usage"), {"days": "7"}).context["report"]
+    assert [(r["run_id"], r["cost"]) for r in report.top_runs] == [(spanning.id, Decimal(6)), (new.id, Decimal(2))]
+    assert {w["workflow"]: (w["cost"], w["runs"]) for w in report.by_workflow} == {
+        "beta": (Decimal(1), 0),
+        "gamma": (Decimal(2), 1),
+    }
+    assert report.total_cost == Decimal(3)
+    month = clients["viewer"].get(reverse("dashboard:usage"), {"days": "30"}).context["report"]
+    assert [r["run_id"] for r in month.top_runs] == [old.id, spanning.id, new.id]
+    assert sum(w["runs"] for w in month.by_workflow) == 3

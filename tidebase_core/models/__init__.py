@@ -9,7 +9,7 @@ from tidebase_core.models.queues import QueueConfig, Schedule
 from tidebase_core.models.runs import Channel, Event, Run, RunEdge, RunStatus
 from tidebase_core.models.state import RunState, StateStream, StateVersion
 from tidebase_core.models.steps import Step, StepStatus
-from tidebase_core.models.usage import UsageRecord
+from tidebase_core.models.usage import UsageDaily, UsageRecord, UsageRunTotal
 
 __all__ = [
     "ApiKey",
@@ -32,5 +32,7 @@ __all__ = [
     "StateVersion",
     "Step",
     "StepStatus",
+    "UsageDaily",
     "UsageRecord",
+    "UsageRunTotal",
 ]

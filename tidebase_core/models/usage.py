@@ -34,3 +34,70 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.model or ''} {self.total_tokens or ''}"
+
+
+# Rollups of tb_usage for the dashboard's usage page (docs/decisions.md, "Usage rollups"). Both are
+# maintained by ``services.usage.usage_record`` in the transaction that inserts the record, and
+# rebuilt from tb_usage by ``manage.py tidebase_usage_rollups rebuild``. Token sums follow the
+# dashboard's rule: a record's tokens are ``total_tokens``, else input + output. Sums of missing
+# values count as 0. Money is a Decimal with 10 decimal places, never a float.
+
+
+class UsageDaily(models.Model):
+    """Usage per UTC day, workflow, provider and model: the usage page's charts, tables and CSV.
+
+    A ledger of what was spent: deleting a run does not subtract its usage here. ``provider`` and
+    ``model`` stay NULL when the record had none; the unique key treats NULLs as equal
+    (``NULLS NOT DISTINCT``), so there is one row per key. ``runs`` counts the runs whose first
+    usage record went into this row, so a sum over any rows counts each run once."""
+
+    id = models.BigAutoField(primary_key=True)
+    day = models.DateField()
+    workflow = models.TextField()
+    provider = models.TextField(null=True, blank=True)
+    model = models.TextField(null=True, blank=True)
+    records = models.BigIntegerField(default=0)
+    runs = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    total_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=30, decimal_places=10, default=0)
+
+    class Meta:
+        db_table = "tb_usage_daily"
+        verbose_name = "daily usage"
+        verbose_name_plural = "daily usage"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "workflow", "provider", "model"], name="tb_usage_daily_key", nulls_distinct=False
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.workflow} {self.provider or '-'}/{self.model or '-'}"
+
+
+class UsageRunTotal(models.Model):
+    """Usage per run over its whole life: the usage page's "top runs by cost". Deleted with its
+    run. ``tb_usage_run_cost_idx`` walks runs by cost, highest first, and carries the first and
+    last usage times, so "runs with usage in [since, until)" is filtered inside the index."""
+
+    run = models.OneToOneField(Run, on_delete=models.CASCADE, primary_key=True, related_name="usage_total")
+    workflow = models.TextField()
+    first_at = models.DateTimeField()
+    last_at = models.DateTimeField()
+    records = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    total_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=30, decimal_places=10, default=0)
+
+    class Meta:
+        db_table = "tb_usage_run"
+        verbose_name = "run usage total"
+        indexes = [
+            models.Index(fields=["-cost_usd", "run"], include=["first_at", "last_at"], name="tb_usage_run_cost_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} {self.cost_usd}"

@@ -1,11 +1,19 @@
-"""The token/cost ledger (§7.9)."""
+"""The token/cost ledger (§7.9), and its rollups for the dashboard's usage page.
+
+Every usage record also updates two rollups in the same transaction (docs/decisions.md, "Usage
+rollups"): ``tb_usage_daily`` (UTC day x workflow x provider x model) and ``tb_usage_run``
+(per-run totals). ``usage_record`` is the only writer of tb_usage besides ``tidebase_seed``, which
+rebuilds the rollups with ``usage_rollups_rebuild`` after its bulk load; code that inserts usage
+rows any other way must call ``usage_rollup_add`` (per record) or ``usage_rollups_rebuild``."""
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from django.db import transaction
+import psycopg
+from django.db import connection, transaction
 
 from tidebase_core import ids, wire
 from tidebase_core.exceptions import InvalidRequest, RunNotFound
@@ -34,8 +42,9 @@ def usage_record(
 ) -> UsageRecord:
     """Append a usage row; ``totalTokens`` defaults to input + output when either is given.
     Raises RunNotFound, or InvalidRequest for a ``stepId`` that is not a step of this run.
-    Emits ``usage.recorded`` and its channel event. With ``idempotency=(scope, key)`` a retried
-    request returns the record the first one made, so a retry never double-counts."""
+    Emits ``usage.recorded`` and its channel event, then adds the record to the rollups. With
+    ``idempotency=(scope, key)`` a retried request returns the record the first one made, so a
+    retry never double-counts (neither in tb_usage nor in the rollups)."""
     if not Run.objects.filter(id=run_id).exists():
         raise RunNotFound()
     if step_id is not None and not Step.objects.filter(id=step_id, run_id=run_id).exists():
@@ -64,6 +73,194 @@ def usage_record(
         metadata=metadata or {},
     )
     out = wire.usage_out(record)
+    # takes the run row lock (held to commit): from here on, this run's usage writers are serialized
     event_append(run_id=run_id, type="usage.recorded", payload={"usage": out})
     notify_channels(run_id=run_id, event_type="usage.recorded", payload={"usage": out})
+    # Last, so the rollup row locks are held only for the commit, and every usage transaction
+    # locks in one order: run row, then daily row, then run-total row (no deadlock cycle).
+    usage_rollup_add(usage_id=new_id)
     return record
+
+
+# One record into both rollups, in one statement, read back from the stored row (so the values
+# are exactly what tb_usage holds: rounded to its scale, tokens by the dashboard's rule). The
+# daily upsert runs first: the run-total insert only starts once the one-time filter
+# ``EXISTS (SELECT FROM daily)`` has consumed it. ``runs`` counts the run in the daily row of its
+# first record: the run-total row does not exist yet (the caller holds the run row lock, which
+# serializes this run's usage writers, so the check cannot race).
+ROLLUP_ADD_SQL = """
+WITH rec AS MATERIALIZED (
+    SELECT u.run_id, r.workflow_name AS workflow, (u.created_at AT TIME ZONE 'UTC')::date AS day,
+           u.provider, u.model, u.created_at,
+           COALESCE(u.input_tokens, 0) AS input_tokens, COALESCE(u.output_tokens, 0) AS output_tokens,
+           COALESCE(u.total_tokens, COALESCE(u.input_tokens, 0) + COALESCE(u.output_tokens, 0)) AS total_tokens,
+           COALESCE(u.cost_usd, 0) AS cost_usd
+    FROM tb_usage u JOIN tb_run r ON r.id = u.run_id
+    WHERE u.id = %s
+), daily AS (
+    INSERT INTO tb_usage_daily AS d (day, workflow, provider, model, records, runs, input_tokens, output_tokens,
+                                     total_tokens, cost_usd)
+    SELECT day, workflow, provider, model, 1,
+           (NOT EXISTS (SELECT 1 FROM tb_usage_run t WHERE t.run_id = rec.run_id))::int,
+           input_tokens, output_tokens, total_tokens, cost_usd
+    FROM rec
+    ON CONFLICT (day, workflow, provider, model) DO UPDATE SET
+        records = d.records + 1,
+        runs = d.runs + EXCLUDED.runs,
+        input_tokens = d.input_tokens + EXCLUDED.input_tokens,
+        output_tokens = d.output_tokens + EXCLUDED.output_tokens,
+        total_tokens = d.total_tokens + EXCLUDED.total_tokens,
+        cost_usd = d.cost_usd + EXCLUDED.cost_usd
+    RETURNING 1
+)
+INSERT INTO tb_usage_run AS t (run_id, workflow, first_at, last_at, records, input_tokens, output_tokens,
+                               total_tokens, cost_usd)
+SELECT run_id, workflow, created_at, created_at, 1, input_tokens, output_tokens, total_tokens, cost_usd
+FROM rec
+WHERE EXISTS (SELECT FROM daily)
+ON CONFLICT (run_id) DO UPDATE SET
+    first_at = LEAST(t.first_at, EXCLUDED.first_at),
+    last_at = GREATEST(t.last_at, EXCLUDED.last_at),
+    records = t.records + 1,
+    input_tokens = t.input_tokens + EXCLUDED.input_tokens,
+    output_tokens = t.output_tokens + EXCLUDED.output_tokens,
+    total_tokens = t.total_tokens + EXCLUDED.total_tokens,
+    cost_usd = t.cost_usd + EXCLUDED.cost_usd
+"""
+
+
+def usage_rollup_add(*, usage_id: str) -> None:
+    """Add one stored usage record to both rollups, inside the caller's transaction. Call it once
+    per record, holding the record's run row lock (``usage_record`` does both).
+
+    A server-side prepared statement (planned once per connection: planning the two upserts cost
+    as much as running them, measured in-process at about 0.35 ms of 0.7 ms). Unlike
+    ``db.fetch_prepared`` it runs inside the caller's transaction, on the same connection."""
+    connection.ensure_connection()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cur:
+        cur.execute(ROLLUP_ADD_SQL, [usage_id], prepare=True)
+
+
+# ---- rebuild and check ------------------------------------------------------------------------
+
+_TOKENS = "COALESCE(u.total_tokens, COALESCE(u.input_tokens, 0) + COALESCE(u.output_tokens, 0))"
+
+_RUN_COLUMNS = "run_id, workflow, first_at, last_at, records, input_tokens, output_tokens, total_tokens, cost_usd"
+
+# Runs with a record at or after %(since)s. A full rebuild or check (no ``since``) leaves these
+# filters out: over millions of records each costs a pass over tb_usage.
+_TOUCHED_RUNS = "(SELECT run_id FROM tb_usage WHERE created_at >= %(since)s)"
+
+
+def _runs_from_usage(full: bool) -> str:
+    """The totals of every touched run, from all of its records."""
+    where = "" if full else f"WHERE u.run_id IN {_TOUCHED_RUNS}"
+    return f"""
+SELECT u.run_id, r.workflow_name AS workflow, min(u.created_at), max(u.created_at), count(*),
+       COALESCE(sum(u.input_tokens), 0), COALESCE(sum(u.output_tokens), 0), COALESCE(sum({_TOKENS}), 0),
+       COALESCE(sum(u.cost_usd), 0)
+FROM tb_usage u JOIN tb_run r ON r.id = u.run_id
+{where}
+GROUP BY u.run_id, r.workflow_name
+"""
+
+
+_DAILY_COLUMNS = "day, workflow, provider, model, records, runs, input_tokens, output_tokens, total_tokens, cost_usd"
+
+
+def _daily_from_usage(full: bool) -> str:
+    """The daily rows from %(since)s on. A run counts in the row of its first record (earliest
+    created_at, then id), as on write."""
+    touched = "" if full else f"WHERE run_id IN {_TOUCHED_RUNS}"
+    where = "" if full else "WHERE u.created_at >= %(since)s"
+    return f"""
+SELECT (u.created_at AT TIME ZONE 'UTC')::date AS day, r.workflow_name AS workflow, u.provider, u.model, count(*),
+       count(f.id),
+       COALESCE(sum(u.input_tokens), 0), COALESCE(sum(u.output_tokens), 0), COALESCE(sum({_TOKENS}), 0),
+       COALESCE(sum(u.cost_usd), 0)
+FROM tb_usage u
+JOIN tb_run r ON r.id = u.run_id
+LEFT JOIN (SELECT DISTINCT ON (run_id) id FROM tb_usage {touched} ORDER BY run_id, created_at, id) f ON f.id = u.id
+{where}
+GROUP BY 1, 2, 3, 4
+"""
+
+
+def _rebuild_sql(full: bool) -> list[str]:
+    return [
+        "DELETE FROM tb_usage_run" + ("" if full else f" WHERE run_id IN {_TOUCHED_RUNS}"),
+        f"INSERT INTO tb_usage_run ({_RUN_COLUMNS}) {_runs_from_usage(full)}",
+        "DELETE FROM tb_usage_daily" + ("" if full else " WHERE day >= %(since_day)s"),
+        f"INSERT INTO tb_usage_daily ({_DAILY_COLUMNS}) {_daily_from_usage(full)}",
+    ]
+
+
+def _check_sql(full: bool) -> dict[str, str]:
+    """How many keys (runs, or day x workflow x provider x model) differ between the rollups and
+    a fresh GROUP BY over tb_usage, whichever side has the row."""
+    runs, daily = _runs_from_usage(full), _daily_from_usage(full)
+    touched = "" if full else f"WHERE run_id IN {_TOUCHED_RUNS}"
+    recent = "" if full else f"WHERE last_at >= %(since)s OR run_id IN {_TOUCHED_RUNS}"
+    days = "" if full else "WHERE day >= %(since_day)s"
+    return {
+        "tb_usage_run": f"""
+            SELECT count(*) FROM (
+                SELECT run_id FROM ({runs} EXCEPT SELECT {_RUN_COLUMNS} FROM tb_usage_run {touched}) missing
+                UNION
+                SELECT run_id FROM (SELECT {_RUN_COLUMNS} FROM tb_usage_run {recent} EXCEPT {runs}) extra
+            ) differing""",
+        "tb_usage_daily": f"""
+            SELECT count(*) FROM (
+                SELECT day, workflow, provider, model FROM (
+                    {daily} EXCEPT SELECT {_DAILY_COLUMNS} FROM tb_usage_daily {days}
+                ) missing
+                UNION
+                SELECT day, workflow, provider, model FROM (
+                    SELECT {_DAILY_COLUMNS} FROM tb_usage_daily {days} EXCEPT {daily}
+                ) extra
+            ) differing""",
+    }
+
+
+def _params(since: dt.date | None) -> dict[str, Any]:
+    day = since or dt.date.min
+    return {"since": dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC), "since_day": day}
+
+
+def _execute(cur: Any, sql: str, params: dict[str, Any]) -> None:
+    cur.execute(sql, params if "%(" in sql else None)
+
+
+def usage_rollups_rebuild(*, since: dt.date | None = None) -> dict[str, int]:
+    """Recompute the rollups from tb_usage: the daily rows of ``since`` (a UTC day) and later, and
+    the totals of every run with a record on or after it; everything when ``since`` is None.
+    Returns the number of rows written per table.
+
+    Takes a SHARE lock on tb_usage until the caller's transaction ends: usage writes wait (the
+    ones in flight commit first), so nothing is counted twice or missed. The rebuilt days are
+    recomputed from the records that remain: usage of runs deleted since leaves the ledger."""
+    params = _params(since)
+    written: dict[str, int] = {}
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute("SET LOCAL statement_timeout = 0")
+        cur.execute("LOCK TABLE tb_usage IN SHARE MODE")
+        for sql in _rebuild_sql(full=since is None):
+            _execute(cur, sql, params)
+            if sql.startswith("INSERT"):
+                written[sql.split()[2]] = cur.rowcount
+    return written
+
+
+def usage_rollups_check(*, since: dt.date | None = None) -> dict[str, int]:
+    """How many rollup rows from ``since`` on differ from a GROUP BY over tb_usage (missing, extra
+    or with other sums), per table: 0 and 0 when consistent. Daily rows holding usage of deleted
+    runs count as differences."""
+    params = _params(since)
+    out: dict[str, int] = {}
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute("SET LOCAL statement_timeout = 0")
+        for table, sql in _check_sql(full=since is None).items():
+            _execute(cur, sql, params)
+            row = cur.fetchone()
+            out[table] = int(row[0]) if row else 0
+    return out

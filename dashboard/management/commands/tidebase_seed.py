@@ -10,7 +10,8 @@ runs are spread evenly over ``--days`` (newest an hour ago) with mostly terminal
 tail of active ones; workflows and queues are skewed; usage records (LLM calls across providers
 and models, with token counts and Decimal costs, plus some priced tool calls) belong to runs and
 follow them in time; a few thousand gates are pending (their runs running), some percent of runs
-have a decided gate; a sample of runs has steps and an event log.
+have a decided gate; a sample of runs has steps and an event log. The usage rollups
+(tb_usage_daily, tb_usage_run) are rebuilt from the loaded records in one GROUP BY each.
 
 The whole load is one transaction: secondary indexes of the loaded tables are dropped and rebuilt
 at the end (much faster than maintaining them row by row), and foreign-key triggers are skipped
@@ -30,7 +31,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection, transaction
 
-LOADED_TABLES = ("tb_run", "tb_usage", "tb_gate", "tb_step", "tb_event")
+from tidebase_core.services.usage import usage_rollups_rebuild
+
+LOADED_TABLES = ("tb_run", "tb_usage", "tb_gate", "tb_step", "tb_event", "tb_usage_daily", "tb_usage_run")
 
 WORKFLOWS = [
     # repeated names are the skew: triage is a third of the traffic
@@ -316,6 +319,9 @@ class Command(BaseCommand):
                 cur.execute(_pct(EVENTS_SQL.format(sample=sample_sql)), params)
                 cur.execute(EVENT_SEQ_SQL.format(sample=sample_sql), params)
                 timings["steps and events"] = round(time.monotonic() - t, 1)
+            t = time.monotonic()
+            usage_rollups_rebuild()  # set-based, in this transaction; replaces any earlier rollup rows
+            timings["usage rollups"] = round(time.monotonic() - t, 1)
             t = time.monotonic()
             for ddl in dropped:
                 cur.execute(ddl)
