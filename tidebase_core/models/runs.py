@@ -123,7 +123,8 @@ class Event(models.Model):
     ``Run.event_seq`` under the run's row lock (see services.events)."""
 
     id = models.BigAutoField(primary_key=True)
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events")
+    # no index of its own: tb_event_run_seq_uniq (run_id, seq) serves every lookup by run
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events", db_index=False)
     seq = models.BigIntegerField()
     type = models.TextField()
     payload = models.JSONField(default=dict)

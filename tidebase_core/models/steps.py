@@ -23,7 +23,8 @@ class Step(models.Model):
     """
 
     id = models.CharField(primary_key=True, max_length=40, default=ids.step_id, editable=False)
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    # no index of its own: tb_step_run_name_uniq (run_id, name) serves every lookup by run
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps", db_index=False)
     name = models.TextField()
     input_hash = models.TextField()
     input = models.JSONField(default=dict)
