@@ -81,6 +81,23 @@ def fetch_prepared(sql: str, params: Any, json_cols: frozenset[str] = frozenset(
         return [wrap(dict(zip(names, rec, strict=True)), json_cols) for rec in cur.fetchall()]
 
 
+# A transactional logical message gives the statement's implicit transaction an xid and a WAL
+# record of its own, so its commit (synchronous_commit on) waits until the WAL is flushed up to
+# its commit record: every transaction that committed before it, asynchronous ones included, is
+# then on disk. (An xid alone is not enough: a transaction that wrote no WAL commits without a
+# flush.) The message is ignored by everything but logical decoding; any role may send one.
+FLUSH_BARRIER_SQL = "SELECT set_config('synchronous_commit', 'on', true), pg_logical_emit_message(true, 'tidebase', '')"
+
+
+def flush_barrier() -> None:
+    """Return once everything committed so far is on disk (one round trip and one WAL flush).
+
+    Step begins commit asynchronously (services.steps); a reader that hands their events to a
+    client which may resume from them (the SSE stream's ``id:``) calls this first, so no event
+    it sent can be lost, and its sequence number reused, by a Postgres crash."""
+    fetch_prepared(FLUSH_BARRIER_SQL, ())
+
+
 def py(value: Any) -> Any:
     """Decode a raw JSON column (or pass a Python value through) when the server must inspect it."""
     if isinstance(value, RawJson):

@@ -9,9 +9,14 @@ from typing import Any
 
 import httpx
 import pytest
+from django.core.signals import request_started
+from django.db import connection
+from django.urls import get_urlconf
 
+from config import wsgi
 from tests.api.test_protocol_routes import STEP_KEYS, begun
 from tidebase_core.api import hotpath
+from tidebase_core.auth import key_cache
 from tidebase_core.services import runs as run_services
 
 pytestmark = pytest.mark.django_db(transaction=True, available_apps=["tidebase_core"])
@@ -131,8 +136,8 @@ def test_plain_requests_are_answered_and_unusual_ones_handed_on() -> None:
     ]
     for env in declined:
         assert serve(env) == (None, None), env
-    handed_on = declined[3]
-    assert handed_on["wsgi.input"].read() == body  # the framework still reads the whole body
+    invalid = declined[5]
+    assert invalid["wsgi.input"].read() == b"{"  # read, then put back for the framework
 
 
 def test_the_env_key_is_required_when_set(settings: Any) -> None:
@@ -143,3 +148,49 @@ def test_the_env_key_is_required_when_set(settings: Any) -> None:
     assert serve(environ(path, body)) == (None, None)  # the framework answers 401
     assert serve(environ(path, body, HTTP_AUTHORIZATION="Bearer wrong")) == (None, None)
     assert serve(environ(path, body, HTTP_AUTHORIZATION="Bearer secret"))[0] == "200 OK"
+
+
+def test_a_dead_database_connection_gets_a_json_500_then_a_fresh_connection() -> None:
+    """After a Postgres restart the pooled connection is dead: the request fails with the usual
+    JSON body (never the server's HTML 500), and the connection is dropped, not reused."""
+    run = run_services.run_create(workflow_name="wf")
+    _, owner = run_services.run_begin(run_id=run.id, owner="w")
+    path = f"/runs/{run.id}/steps/begin"
+    key_cache.clear()  # the auth check queries first, as it does every few seconds
+    connection.ensure_connection()
+    connection.connection.close()  # what a database restart does to a pooled connection
+    body = json.dumps({"name": "s", "inputHash": "h", "leaseOwner": owner}).encode()
+    status, content = serve(environ(path, body))
+    assert status == "500 Internal Server Error"
+    assert content is not None
+    assert json.loads(content)["code"] == "internal_error"
+    assert connection.connection is None  # dropped; the next request reconnects
+    status, content = serve(environ(path, body))
+    assert status == "200 OK"
+
+
+def test_the_wsgi_application_serves_plain_step_calls_without_django() -> None:
+    run = run_services.run_create(workflow_name="wf")
+    _, owner = run_services.run_begin(run_id=run.id, owner="w")
+    started: list[object] = []
+
+    def note(**kwargs: object) -> None:
+        started.append(kwargs)
+
+    request_started.connect(note)
+    try:
+        for name, raw_run_id in (("hot", run.id), ("framework", encoded(run.id))):
+            body = json.dumps({"name": name, "inputHash": "h", "leaseOwner": owner}).encode()
+            env = environ(f"/runs/{run.id}/steps/begin", body, raw_uri=f"/runs/{raw_run_id}/steps/begin")
+            env.update({"SERVER_NAME": "testserver", "SERVER_PORT": "80", "wsgi.url_scheme": "http"})
+            statuses: list[str] = []
+            answer = wsgi.application(env, lambda s, headers, statuses=statuses: statuses.append(s))
+            try:
+                assert json.loads(b"".join(answer))["action"] == "execute"
+            finally:
+                getattr(answer, "close", lambda: None)()  # as a server does: request_finished
+            assert statuses == ["200 OK"]
+            assert len(started) == (0 if name == "hot" else 1), name  # Django's handler ran only for the second
+    finally:
+        request_started.disconnect(note)
+    assert get_urlconf() is None  # the framework request was finished (no URLconf left behind)

@@ -9,11 +9,20 @@ from typing import Any
 import pytest
 from django.db import connection, transaction
 
-from tidebase_core.db import jsonb
+from tidebase_core.api import events
+from tidebase_core.db import flush_barrier, jsonb
 from tidebase_core.ids import step_id
 from tidebase_core.services import runs, steps
 
 pytestmark = pytest.mark.django_db(transaction=True, available_apps=["tidebase_core"])
+
+
+def default() -> str:
+    """The server's own setting (``on`` unless an operator tuned it)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reset_val FROM pg_settings WHERE name = 'synchronous_commit'")
+        value: str = cursor.fetchone()[0]
+    return value
 
 
 def setting() -> str:
@@ -41,14 +50,14 @@ def begin_params(run_id: str, owner: str, commit: str | None) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize(("commit", "inside"), [("off", "off"), (None, "on")])
-def test_the_begin_statement_sets_the_commit_mode_of_its_own_transaction(commit: str | None, inside: str) -> None:
+@pytest.mark.parametrize("commit", ["off", None])
+def test_the_begin_statement_sets_the_commit_mode_of_its_own_transaction(commit: str | None) -> None:
     run = runs.run_create(workflow_name="wf")
     _, owner = runs.run_begin(run_id=run.id, owner="w")
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(steps.BEGIN_SQL, begin_params(run.id, owner, commit))
-        assert setting() == inside
-    assert setting() == "on"
+        assert setting() == (commit or default())
+    assert setting() == default()
 
 
 def test_a_begin_in_autocommit_does_not_leak_the_setting_to_the_connection() -> None:
@@ -56,7 +65,7 @@ def test_a_begin_in_autocommit_does_not_leak_the_setting_to_the_connection() -> 
     _, owner = runs.run_begin(run_id=run.id, owner="w")
     result = steps.step_begin(run_id=run.id, name="s", input_hash="h", input=None, options={}, owner=owner)
     assert result.action == "execute"
-    assert setting() == "on"
+    assert setting() == default()
 
 
 def test_inside_a_callers_transaction_the_begin_leaves_the_commit_mode_alone() -> None:
@@ -64,7 +73,7 @@ def test_inside_a_callers_transaction_the_begin_leaves_the_commit_mode_alone() -
     _, owner = runs.run_begin(run_id=run.id, owner="w")
     with transaction.atomic():
         assert steps.step_begin(run_id=run.id, name="s", input_hash="h", input=None, options={}, owner=owner).step
-        assert setting() == "on"  # the caller's other writes stay durable
+        assert setting() == default()  # the caller's other writes keep their durability
 
 
 @pytest.mark.parametrize(("sync", "commit"), [(False, "off"), (True, None)])
@@ -84,3 +93,34 @@ def test_durable_begins_can_be_asked_for(
     _, owner = runs.run_begin(run_id=run.id, owner="w")
     steps.step_begin(run_id=run.id, name="s", input_hash="h", input=None, options={}, owner=owner)
     assert sent[0]["commit"] == commit
+
+
+def lsn(function: str) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {function}() - '0/0'::pg_lsn")
+        value: int = int(cursor.fetchone()[0])
+    return value
+
+
+def test_the_flush_barrier_returns_once_every_earlier_commit_is_on_disk() -> None:
+    run = runs.run_create(workflow_name="wf")
+    _, owner = runs.run_begin(run_id=run.id, owner="w")
+    steps.step_begin(run_id=run.id, name="s", input_hash="h", input=None, options={}, owner=owner)
+    written = lsn("pg_current_wal_insert_lsn")  # at or past the begin's commit record
+    flush_barrier()
+    assert lsn("pg_current_wal_flush_lsn") >= written
+
+
+def test_the_event_stream_sends_a_batch_only_after_the_flush_barrier(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = runs.run_create(workflow_name="wf")
+    order: list[str] = []
+    monkeypatch.setattr(events, "flush_barrier", lambda: order.append("barrier"))
+    stream = events._stream(run.id, 0)
+    try:
+        assert next(stream) == b": connected\n\n"
+        chunk = next(stream)
+        order.append("sent")
+        assert b"run.created" in chunk
+        assert order == ["barrier", "sent"]
+    finally:
+        stream.close()

@@ -1,7 +1,8 @@
 """``GET /runs/:id/events``: the run's event log as Server-Sent Events (§7.10).
 
 Backlog first (``seq > after``, or ``Last-Event-ID`` when ``after`` is absent), then live
-events as they commit, from any web process (see ``realtime``). Each message is one compact
+events as they commit, from any web process (see ``realtime``); each batch is sent only once it
+is on disk (``db.flush_barrier``: step begins commit asynchronously). Each message is one compact
 ``data:`` line then ``id: <seq>``, with no ``event:`` line so browsers' ``onmessage`` fires.
 A comment line every ``TIDEBASE_SSE_KEEPALIVE_S`` keeps proxies from closing an idle stream.
 """
@@ -17,6 +18,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from tidebase_core import wire
 from tidebase_core.api.common import seg
+from tidebase_core.db import flush_barrier
 from tidebase_core.exceptions import DomainError, InvalidRequest
 from tidebase_core.realtime import hub
 from tidebase_core.selectors.runs import events_after
@@ -43,6 +45,8 @@ def _stream(run_id: str, after: int) -> Iterator[bytes]:
         while True:
             flag.clear()
             batch = events_after(run_id=run_id, after=after)
+            if batch:
+                flush_barrier()  # never send an event a Postgres crash could still take back
             close_old_connections()
             if batch:
                 chunk = []

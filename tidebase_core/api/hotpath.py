@@ -94,29 +94,30 @@ def serve(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]
     route = _match(environ)
     if route is None:
         return None
-    length = _plain(environ)
-    if length is None:
-        return None
     groups, schema, handler = route
-    body = environ["wsgi.input"].read(length)
-    environ["wsgi.input"] = io.BytesIO(body)  # a fall-through re-reads it
+    close_old_connections()  # what Django's request_started does, before any query (auth's)
     try:
-        payload = schema.model_validate_json(body)
-    except ValueError:
-        return None  # ninja renders the validation error
-    close_old_connections()  # what Django's request_started does
-    try:
-        status, data = 200, handler(groups, payload)
-    except DomainError as exc:
-        status, data = exc.status_code, exc.body()
-    except DataError:
-        return None  # the statement changed nothing; ninja re-runs it and renders the error
+        length = _plain(environ)
+        if length is None:
+            return None
+        body = environ["wsgi.input"].read(length)
+        environ["wsgi.input"] = io.BytesIO(body)  # a fall-through re-reads it
+        try:
+            payload = schema.model_validate_json(body)
+        except ValueError:
+            return None  # ninja renders the validation error
+        try:
+            status, data = 200, handler(groups, payload)
+        except DomainError as exc:
+            status, data = exc.status_code, exc.body()
+        except DataError:
+            return None  # the statement changed nothing; ninja re-runs it and renders the error
+        content = dumps(data)
     except Exception:
         logger.exception("api.unhandled", extra={"path": environ.get("PATH_INFO")})
-        status, data = 500, {"error": "internal server error", "code": "internal_error"}
+        status, content = 500, dumps({"error": "internal server error", "code": "internal_error"})
     finally:
-        close_old_connections()  # ... and request_finished
-    content = dumps(data)
+        close_old_connections()  # ... and request_finished: a broken connection is dropped here
     start_response(
         _STATUS[status],
         [

@@ -131,7 +131,7 @@ def step_begin(
         "payload": jsonb({"stepId": sid, "name": name, "attempt": 1, "resumeContract": contract}),
         "explicit": explicit_owner,
         # inside a caller's transaction the setting would cover all of it: leave it alone there
-        "commit": None if settings.TIDEBASE_STEP_BEGIN_SYNC_COMMIT or connection.in_atomic_block else "off",
+        "commit": None if settings.TIDEBASE_STEP_BEGIN_SYNC_COMMIT or not connection.get_autocommit() else "off",
         **_lease_params(owner),
     }
     row = fetch_prepared(BEGIN_SQL, params, STEP_JSON)[0]

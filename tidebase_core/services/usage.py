@@ -45,7 +45,10 @@ def usage_record(
     Emits ``usage.recorded`` and its channel event, then adds the record to the rollups. With
     ``idempotency=(scope, key)`` a retried request returns the record the first one made, so a
     retry never double-counts (neither in tb_usage nor in the rollups)."""
-    if not Run.objects.filter(id=run_id).exists():
+    # The run row lock first (held to commit): this run's usage writers are serialized from here,
+    # so records are stamped (created_at) in the order they reach the rollups, and every usage
+    # transaction locks run row -> daily row -> run-total row.
+    if not Run.objects.select_for_update(no_key=True).filter(id=run_id).exists():
         raise RunNotFound()
     if step_id is not None and not Step.objects.filter(id=step_id, run_id=run_id).exists():
         raise InvalidRequest("stepId is not a step of this run", field="stepId")
@@ -73,7 +76,6 @@ def usage_record(
         metadata=metadata or {},
     )
     out = wire.usage_out(record)
-    # takes the run row lock (held to commit): from here on, this run's usage writers are serialized
     event_append(run_id=run_id, type="usage.recorded", payload={"usage": out})
     notify_channels(run_id=run_id, event_type="usage.recorded", payload={"usage": out})
     # Last, so the rollup row locks are held only for the commit, and every usage transaction
