@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import psycopg
+import pydantic_core
 from django.db import connection
 from psycopg.types.json import Jsonb
 
@@ -32,7 +32,7 @@ class Row:
 
 
 def jsonb(value: Any) -> Any:
-    """A parameter for a jsonb column, encoded with orjson."""
+    """A parameter for a jsonb column, encoded with ``wire.dumps`` (exact for any integer)."""
     return Jsonb(value, dumps=dumps)
 
 
@@ -101,5 +101,5 @@ def flush_barrier() -> None:
 def py(value: Any) -> Any:
     """Decode a raw JSON column (or pass a Python value through) when the server must inspect it."""
     if isinstance(value, RawJson):
-        return orjson.loads(str(value))  # orjson refuses str subclasses
+        return pydantic_core.from_json(str(value))  # exact integers (orjson would round big ones)
     return value

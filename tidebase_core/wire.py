@@ -8,6 +8,8 @@ unparsed, so a multi-megabyte checkpoint is never decoded and re-encoded on the 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import math
 from decimal import Decimal
 from typing import Any
 
@@ -62,7 +64,33 @@ def _default(value: Any) -> Any:
 
 
 def dumps(data: Any) -> bytes:
-    return orjson.dumps(data, default=_default, option=_OPTS)
+    try:
+        return orjson.dumps(data, default=_default, option=_OPTS)
+    except orjson.JSONEncodeError as exc:
+        if "64-bit" not in str(exc):
+            raise
+        return _dumps_exact(data)  # JSON has no integer limit; a client's 2**70 comes back as sent
+
+
+def _exact(value: Any) -> Any:
+    """The slow path's view of a value: plain types the stdlib encoder writes exactly."""
+    if isinstance(value, RawJson):
+        return json.loads(str(value))
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None  # as orjson writes them
+    if isinstance(value, dict):
+        return {key: _exact(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_exact(item) for item in value]
+    return _exact(_default(value))  # Decimal, datetime; anything else raises TypeError
+
+
+def _dumps_exact(data: Any) -> bytes:
+    return json.dumps(_exact(data), ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def json_response(data: Any, status: int = 200) -> HttpResponse:

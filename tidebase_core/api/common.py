@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
-import orjson
+import pydantic_core
 from django.http import HttpRequest
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
@@ -42,15 +42,12 @@ def idempotency(request: HttpRequest, route: str) -> tuple[str, str] | None:
 
 
 def loads(raw: bytes) -> Any:
+    """Parse a request body. Integers beyond 64 bits stay exact Python ints (orjson would turn
+    them into floats, silently); they are stored and answered exactly (``wire.dumps``)."""
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        import json
-
-        try:  # orjson refuses integers beyond 64 bits; the stdlib does not
-            return json.loads(raw)
-        except ValueError as exc:
-            raise InvalidJson(f"request body is not valid JSON: {exc}") from None
+        return pydantic_core.from_json(raw, allow_inf_nan=False)
+    except ValueError as exc:
+        raise InvalidJson(f"request body is not valid JSON: {exc}") from None
 
 
 def optional_body(request: HttpRequest, schema: type[M]) -> M:
@@ -58,8 +55,8 @@ def optional_body(request: HttpRequest, schema: type[M]) -> M:
     data: Any = {}
     if request.body:
         try:
-            data = orjson.loads(request.body)
-        except orjson.JSONDecodeError:
+            data = pydantic_core.from_json(request.body, allow_inf_nan=False)
+        except ValueError:
             data = {}
     if not isinstance(data, dict):
         data = {}
