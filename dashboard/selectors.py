@@ -468,6 +468,27 @@ class Delivery:
     def dead(self) -> bool:
         return self.status == "failed"
 
+    @classmethod
+    def of(cls, kind: str, row: Any, *, event_type: str, url: str) -> Delivery:
+        """From an outbox row (``ChannelDelivery`` or ``RecoveryAttempt``: the ``OutboxRow``
+        fields), its run loaded."""
+        return cls(
+            kind=kind,
+            id=row.id,
+            run_id=row.run_id,
+            workflow=row.run.workflow_name,
+            event_type=event_type,
+            url=url,
+            status=row.status,
+            attempts=row.attempts,
+            http_status=row.http_status,
+            error_text=row.error_text,
+            created_at=row.created_at,
+            completed_at=row.completed_at,
+            next_attempt_at=row.next_attempt_at,
+            latency_ms=None,
+        )
+
 
 def _last_attempts(ids: list[str]) -> dict[tuple[str, str], Any]:
     """The latest HTTP attempt of each listed delivery from the webhooks app's attempt log, in
@@ -494,48 +515,16 @@ def deliveries(*, status: str = "", kind: str = "", limit: int = 100) -> list[De
         qs = ChannelDelivery.objects.select_related("run").defer("payload", "secret", "response_body", "run__input")
         if status:
             qs = qs.filter(status=status)
-        for d in qs.order_by("-created_at")[:limit]:
-            out.append(
-                Delivery(
-                    kind="channel",
-                    id=d.id,
-                    run_id=d.run_id,
-                    workflow=d.run.workflow_name,
-                    event_type=d.event_type,
-                    url=d.url,
-                    status=d.status,
-                    attempts=d.attempts,
-                    http_status=d.http_status,
-                    error_text=d.error_text,
-                    created_at=d.created_at,
-                    completed_at=d.completed_at,
-                    next_attempt_at=d.next_attempt_at,
-                    latency_ms=None,
-                )
-            )
+        out += [
+            Delivery.of("channel", d, event_type=d.event_type, url=d.url) for d in qs.order_by("-created_at")[:limit]
+        ]
     if kind in ("", "recovery"):
         rq = RecoveryAttempt.objects.select_related("run").defer("response_body", "run__input")
         if status:
             rq = rq.filter(status=status)
-        for a in rq.order_by("-created_at")[:limit]:
-            out.append(
-                Delivery(
-                    kind="recovery",
-                    id=a.id,
-                    run_id=a.run_id,
-                    workflow=a.run.workflow_name,
-                    event_type=a.type,
-                    url=a.webhook_url,
-                    status=a.status,
-                    attempts=a.attempts,
-                    http_status=a.http_status,
-                    error_text=a.error_text,
-                    created_at=a.created_at,
-                    completed_at=a.completed_at,
-                    next_attempt_at=a.next_attempt_at,
-                    latency_ms=None,
-                )
-            )
+        out += [
+            Delivery.of("recovery", a, event_type=a.type, url=a.webhook_url) for a in rq.order_by("-created_at")[:limit]
+        ]
     out.sort(key=lambda d: d.created_at, reverse=True)
     out = out[:limit]
     attempts = _last_attempts([d.id for d in out])

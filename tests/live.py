@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import httpx
+
+from tidebase import RunLeased
 
 T = TypeVar("T")
 
@@ -33,3 +36,28 @@ def wait_for(predicate: Callable[[], T | None], timeout_s: float = 30.0, interva
 
 def pending_gate(url: str, run_id: str) -> dict[str, Any] | None:
     return next((g for g in detail(url, run_id)["gates"] if g["status"] == "pending"), None)
+
+
+def until_unleased(call: Callable[[], T], timeout_s: float = 30.0) -> T:
+    """Retry ``call`` while the server answers 409 ``run_leased`` (``tidebase.RunLeased``): a
+    dead worker's run lease has not lapsed yet."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except RunLeased:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+async def until_unleased_async(call: Callable[[], Awaitable[T]], timeout_s: float = 30.0) -> T:
+    """``until_unleased`` for coroutines."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await call()
+        except RunLeased:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)

@@ -8,9 +8,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +17,6 @@ import pytest
 from tests.live import detail as detail
 from tests.live import pending_gate as pending_gate
 from tests.live import wait_for as wait_for
-from tidebase import RunLeased
 
 T = TypeVar("T")
 
@@ -51,16 +47,3 @@ def resolve_gate(url: str, run_id: str, gate: dict[str, Any], decision: str = "a
         timeout=30,
     )
     response.raise_for_status()
-
-
-async def until_unleased(call: Callable[[], Awaitable[T]], timeout_s: float = 30.0) -> T:
-    """Retry while the server answers 409 ``run_leased`` (``tidebase.RunLeased``): a dead
-    worker's run lease has not lapsed yet."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return await call()
-        except RunLeased:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)

@@ -11,15 +11,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tests.live import until_unleased_async
 from tests.pydantic_ai.agents import build_triage_agent, triage_workflow
-from tests.pydantic_ai.conftest import until_unleased
 from tidebase.aio import AsyncTidebase
 
 
 async def main(url: str, run_id: str, data_dir: Path, crash_in: str | None) -> Any:
     agent = build_triage_agent(data_dir, crash_in=crash_in)
     async with AsyncTidebase(url) as tide:
-        return await until_unleased(
+        return await until_unleased_async(
             lambda: tide.run("pai-triage", lambda run, input: triage_workflow(agent, run, input), run_id=run_id)
         )
 

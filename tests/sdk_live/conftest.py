@@ -10,9 +10,6 @@ gunicorn server on the test database.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -21,8 +18,10 @@ import pytest
 
 from tests.live import detail as detail
 from tests.live import pending_gate as pending_gate
+from tests.live import until_unleased as until_unleased
+from tests.live import until_unleased_async as until_unleased_async
 from tests.live import wait_for as wait_for
-from tidebase import RetryPolicy, RunLeased
+from tidebase import RetryPolicy
 
 FAST_RETRY = RetryPolicy(max_retries=3, backoff_base_s=0.05, backoff_max_s=0.2)
 
@@ -92,27 +91,3 @@ def resolve_gate(url: str, run_id: str, gate: dict[str, Any], decision: str = "a
 
 def cancel_run(url: str, run_id: str) -> None:
     httpx.post(f"{url}/runs/{run_id}/cancel", json={"reason": "test", "actor": "test"}, timeout=30).raise_for_status()
-
-
-def until_unleased(call: Callable[[], T], timeout_s: float = 30.0) -> T:
-    """Retry ``call`` while the server answers 409 ``run_leased`` (a dead worker's run lease has
-    not lapsed yet)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return call()
-        except RunLeased:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
-async def until_unleased_async(call: Callable[[], Awaitable[T]], timeout_s: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return await call()
-        except RunLeased:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)

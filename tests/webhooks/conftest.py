@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, free_port
+from webhooks.management.commands.tidebase_worker import celery_argv
 
 TEST_ENV = {
     "TIDEBASE_WEBHOOK_ALLOW_HOSTS": "127.0.0.1,localhost",
@@ -73,29 +73,10 @@ class Worker:
         self.beat_schedule = Path(broker["TIDEBASE_BROKER_DIR"]) / f"beat-{id(self)}"
 
     def start(self, *, concurrency: int = 16, beat: bool = True) -> Worker:
-        argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config.celery",
-            "worker",
-            "--pool",
-            "threads",
-            "--concurrency",
-            str(concurrency),
-            "--loglevel",
-            "warning",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--queues",
-            "tidebase",
-            "--hostname",
-            f"test-{id(self)}-{time.monotonic_ns()}@%h",
-        ]
-        if beat:
-            argv += ["--beat", "--schedule", str(self.beat_schedule)]
+        argv = celery_argv(
+            concurrency=concurrency, beat=beat, loglevel="warning", pool="threads", schedule=self.beat_schedule
+        )
+        argv += ["--without-heartbeat", "--hostname", f"test-{id(self)}-{time.monotonic_ns()}@%h"]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -17,7 +18,9 @@ from django.core.management.base import BaseCommand, CommandParser
 from config.celery import broker_folder
 
 
-def celery_argv(*, concurrency: int, beat: bool, loglevel: str, pool: str) -> list[str]:
+def celery_argv(*, concurrency: int, beat: bool, loglevel: str, pool: str, schedule: Path | None = None) -> list[str]:
+    """The worker's command line (also used by the test suite's workers). ``schedule`` is beat's
+    state file, by default in the broker folder."""
     argv = [
         sys.executable,
         "-m",
@@ -37,7 +40,7 @@ def celery_argv(*, concurrency: int, beat: bool, loglevel: str, pool: str) -> li
         "tidebase",
     ]
     if beat:
-        argv += ["--beat", "--schedule", str(broker_folder() / "celerybeat-schedule")]
+        argv += ["--beat", "--schedule", str(schedule or broker_folder() / "celerybeat-schedule")]
     return argv
 
 
