@@ -31,6 +31,10 @@ session) the capability turns
   into a gate ``approve:<tool>:<tool_call_id>:<sha256 of the arguments>`` whose data holds the
   exact arguments; a rejection reaches the model as the tool's denial.
 
+Providers may reuse tool-call ids within a run (some OpenAI-compatible servers answer ``call_0``
+for every call): the ``n``-th call of a tool with the same id gets ``<tool>#<n>`` in its step and
+gate names (``tool:refund#2:call_0``), so it runs, and is approved, on its own.
+
 Outside a run the agent behaves as if the capability were not there. The building blocks are
 Pydantic AI's public durable-execution surface (``pydantic_ai.durable_exec``:
 ``BaseDurabilityCapability`` with a ``CallableOperationBackend``), the same one the Temporal,
@@ -126,9 +130,24 @@ def model_step_name(agent_name: str, n: int) -> str:
     return f"model:{agent_name}:{n}"
 
 
-def tool_step_name(tool_name: str, tool_call_id: str, *, approved: bool = False) -> str:
-    """The step of one tool call; the call made after an approval gets its own step."""
-    return f"tool:{tool_name}:{tool_call_id}" + (":approved" if approved else "")
+def _tool_segment(tool_name: str, occurrence: int) -> str:
+    """``<tool>`` for the first call with a given id in the run, ``<tool>#<n>`` for its ``n``-th.
+
+    The marker sits on the tool name, not the id: an id is any string a provider sends, so a
+    suffix on it could equal another id, while tool names never hold ``#`` or ``:``.
+    """
+    if occurrence < 1:
+        raise ValueError(f"occurrence counts from 1, got {occurrence}")
+    return tool_name if occurrence == 1 else f"{tool_name}#{occurrence}"
+
+
+def tool_step_name(tool_name: str, tool_call_id: str, *, approved: bool = False, occurrence: int = 1) -> str:
+    """The step of one tool call; the call made after an approval gets its own step.
+
+    ``occurrence``: this is the ``n``-th call of the tool with this ``tool_call_id`` in the run
+    (providers may reuse ids). The first keeps the name runs recorded before it existed.
+    """
+    return f"tool:{_tool_segment(tool_name, occurrence)}:{tool_call_id}" + (":approved" if approved else "")
 
 
 def arguments_digest(tool_name: str, args: Mapping[str, Any]) -> str:
@@ -136,9 +155,10 @@ def arguments_digest(tool_name: str, args: Mapping[str, Any]) -> str:
     return hash_input({"tool": tool_name, "args": _jsonable(dict(args))})
 
 
-def approval_gate_name(tool_name: str, tool_call_id: str, digest: str) -> str:
-    """The gate asking to approve one call with exactly these arguments."""
-    return f"approve:{tool_name}:{tool_call_id}:{digest}"
+def approval_gate_name(tool_name: str, tool_call_id: str, digest: str, *, occurrence: int = 1) -> str:
+    """The gate asking to approve one call with exactly these arguments (``occurrence`` as in
+    :func:`tool_step_name`: a later call with the same id and arguments is asked again)."""
+    return f"approve:{_tool_segment(tool_name, occurrence)}:{tool_call_id}:{digest}"
 
 
 # ---- the current run -----------------------------------------------------------------------
@@ -266,14 +286,36 @@ def tool_contract(
 # ---- per-run bookkeeping -----------------------------------------------------------------------
 
 
+_CALL_PHASES = {"call": 0, "gate": 1, "approved": 2}
+"""The order in which one tool call can touch Tidebase: its own step (a tool that raises
+``ApprovalRequired``), its approval gate, the step of the approved call."""
+
+
 @dataclasses.dataclass
 class _RunCounters:
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    calls: dict[tuple[str, str], tuple[int, int]] = dataclasses.field(default_factory=dict)
 
     def next(self, key: str) -> int:
         value = self.counts.get(key, 0) + 1
         self.counts[key] = value
         return value
+
+    def occurrence(self, tool_name: str, tool_call_id: str, phase: Literal["call", "gate", "approved"]) -> int:
+        """Which call of ``tool_name`` with this provider id (from 1) is touching Tidebase now.
+
+        A touch in a later phase than the last one for this ``(tool, id)`` belongs to the same
+        call (the gate and the approved step of a deferring call share its number); a touch in
+        the same or an earlier phase is the next call with a reused id. Pydantic AI refuses
+        duplicate ids within one batch of calls, so within a run the touches come in the
+        model's order, and a re-invocation counts them the same way.
+        """
+        occurrence, last = self.calls.get((tool_name, tool_call_id), (0, len(_CALL_PHASES)))
+        rank = _CALL_PHASES[phase]
+        if rank <= last:
+            occurrence += 1
+        self.calls[(tool_name, tool_call_id)] = (occurrence, rank)
+        return occurrence
 
 
 _COUNTERS: weakref.WeakKeyDictionary[Any, _RunCounters] = weakref.WeakKeyDictionary()
@@ -379,8 +421,13 @@ class TidebaseOperationBackend(CallableOperationBackend[Any]):
             params, ToolsetCallToolParams | DynamicToolsetCallToolParams
         ):
             ctx = params.ctx
-            tool_call_id = ctx.tool_call_id or f"call-{_counters(run).next(f'tool:{params.name}')}"
-            step = tool_step_name(params.name, tool_call_id, approved=bool(ctx.tool_call_approved))
+            approved = bool(ctx.tool_call_approved)
+            if ctx.tool_call_id:
+                tool_call_id = ctx.tool_call_id
+                occurrence = _counters(run).occurrence(params.name, tool_call_id, "approved" if approved else "call")
+            else:  # never from Pydantic AI (it makes up ids the provider leaves out); kept as it was
+                tool_call_id, occurrence = f"call-{_counters(run).next(f'tool:{params.name}')}", 1
+            step = tool_step_name(params.name, tool_call_id, approved=approved, occurrence=occurrence)
             contract = ToolContract.from_config(params.name, config)
             args = _jsonable(params.tool_args)
             key = contract.key_for(run.run_id, step, args)
@@ -569,7 +616,8 @@ class TidebaseDurability(BaseDurabilityCapability[AgentDepsT]):
     async def _approve(self, run: Any, call: Any) -> tuple[bool, str, str | None, str]:
         args = _jsonable(call.args_as_dict())
         digest = arguments_digest(call.tool_name, args)
-        gate_name = approval_gate_name(call.tool_name, call.tool_call_id, digest)
+        occurrence = _counters(run).occurrence(call.tool_name, call.tool_call_id, "gate")
+        gate_name = approval_gate_name(call.tool_name, call.tool_call_id, digest, occurrence=occurrence)
         if self._approval_prompt is not None:
             prompt = self._approval_prompt(call.tool_name, args)
         else:

@@ -41,10 +41,63 @@ class BlockedAddress(Exception):
     code = "blocked_address"
 
 
+NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+"""RFC 6052 well-known NAT64 prefix: the IPv4 destination is the last 32 bits."""
+NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")
+"""RFC 8215 local-use NAT64 block: a site picks a prefix of length 48, 56, 64 or 96 inside it, so
+where the IPv4 sits is the site's choice (RFC 6052 §2.2): every possible reading is checked."""
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+"""Deprecated IPv4-compatible addresses (``::a.b.c.d``), still tunnelled by some stacks (sit)."""
+
+
+def _bits(value: int, start: int, length: int) -> int:
+    """``length`` bits of a 128-bit address, starting at bit ``start`` (0 = most significant)."""
+    return (value >> (128 - start - length)) & ((1 << length) - 1)
+
+
+def embedded_ipv4(ip: IPAddress) -> tuple[ipaddress.IPv4Address, ...]:
+    """The IPv4 addresses an IPv6 address leads to: IPv4-mapped (``::ffff:0:0/96``),
+    IPv4-compatible (``::/96``), 6to4 (``2002::/16``, bits 16-48), NAT64 (``64:ff9b::/96`` and
+    every RFC 6052 reading of ``64:ff9b:1::/48``) and Teredo (``2001::/32``: its server and its
+    de-obfuscated client). Empty for an IPv4 address or an IPv6 address that embeds none."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ()
+    if ip.ipv4_mapped is not None:
+        return (ip.ipv4_mapped,)
+    if ip.sixtofour is not None:
+        return (ip.sixtofour,)
+    if ip.teredo is not None:
+        return ip.teredo
+    value = int(ip)
+    if ip in NAT64_WELL_KNOWN or ip in IPV4_COMPATIBLE:
+        return (ipaddress.IPv4Address(value & 0xFFFFFFFF),)
+    if ip in NAT64_LOCAL_USE:
+        # RFC 6052 §2.2: bits 64-71 (the "u" octet) are never part of the IPv4 address.
+        readings = (
+            (_bits(value, 48, 16) << 16) | _bits(value, 72, 16),  # /48 prefix
+            (_bits(value, 56, 8) << 24) | _bits(value, 72, 24),  # /56 prefix
+            _bits(value, 72, 32),  # /64 prefix
+            _bits(value, 96, 32),  # /96 prefix
+        )
+        return tuple(ipaddress.IPv4Address(v) for v in readings)
+    return ()
+
+
 def address_blocked(ip: IPAddress) -> bool:
-    """True for anything that is not a public unicast address."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """True for anything that is not a public unicast address.
+
+    An IPv6 address that embeds an IPv4 address (:func:`embedded_ipv4`) is blocked when any IPv4
+    it leads to is (``2002:a9fe:a9fe::`` reaches the metadata service over 6to4). IPv4-mapped
+    and well-known-prefix NAT64 addresses are judged by their IPv4 alone: the first *is* that
+    address on a dual-stack socket, the second exists only to reach public IPv4 hosts from
+    IPv6-only networks (Python counts ``64:ff9b::/96`` as reserved, being inside ``::/8``).
+    The other embedding ranges must also pass on their own.
+    """
+    embedded = embedded_ipv4(ip)
+    if any(address_blocked(v4) for v4 in embedded):
+        return True
+    if isinstance(ip, ipaddress.IPv6Address) and (ip.ipv4_mapped is not None or ip in NAT64_WELL_KNOWN):
+        return False  # its IPv4 passed just above
     return (
         ip in METADATA_ADDRESSES
         or not ip.is_global
@@ -84,7 +137,7 @@ class AddressPolicy:
             return True
         if any(ip in net for net in self.allow_networks):
             exact = any(net.num_addresses == 1 for net in self.allow_networks if ip in net)
-            return exact or ip not in METADATA_ADDRESSES
+            return exact or not ({ip, *embedded_ipv4(ip)} & METADATA_ADDRESSES)
         return not address_blocked(ip)
 
     def resolve(self, host: str, port: int) -> list[str]:

@@ -331,10 +331,9 @@ def gate(decision: str) -> dict[str, Any]:
     assert "worker died" in str(caught.value), caught.value
     assert reviewer2.wait(30) == 0
     assert tide.runs.get(run2["id"])["run"]["status"] == "failed"
-    t0 = time.monotonic()
+    # No reviewer is left: the re-invocation can only return by replaying the recorded decision.
     replayed = tide.run("gated-replay", replaying, run_id=run2["id"])
     assert replayed == decision, replayed
-    assert time.monotonic() - t0 < 2
     assert len(tide.runs.get(run2["id"])["gates"]) == 1
     return {"decision": seen["decision"], "result": result, "reviewer": json.loads(out.decode().splitlines()[-1])}
 
@@ -482,8 +481,8 @@ def session() -> dict[str, Any]:
     assert s.run["status"] == "running", s.run
     lease0 = tide.runs.get(s.run_id)["run"]["leaseExpiresAt"]
     outputs = [s.step(f"turn-{i}", lambda i=i: {"turn": i}) for i in range(3)]
-    time.sleep(1.6)  # >= 2 heartbeats
-    lease1 = tide.runs.get(s.run_id)["run"]["leaseExpiresAt"]
+    # The heartbeat thread renews the lease (a condition to wait for, not a number of sleeps).
+    lease1 = wait_for(lambda: (lease := tide.runs.get(s.run_id)["run"]["leaseExpiresAt"]) > lease0 and lease)
     assert lease1 > lease0, (lease0, lease1)
     s.state.set({"turns": 3})
     done = s.complete({"turns": outputs})
@@ -563,12 +562,11 @@ def cancel_in_gate() -> dict[str, Any]:
     run = tide.runs.create("cancel-gate")
     _, out = in_thread(lambda: tide.run("cancel-gate", workflow, run_id=run["id"]))
     wait_for(lambda: pending_gate(tide, run["id"]))
-    t0 = time.monotonic()
     tide.runs.cancel(run["id"], reason="abandon")
-    kind, value = out.get(timeout=15)
-    observed_s = time.monotonic() - t0
+    # Observed, not outwaited: a waiter that missed the cancel would end with the gate's own
+    # timeout (30 s) instead of RunCancelled. The queue wait only bounds a hang.
+    kind, value = out.get(timeout=90)
     assert kind == "error" and isinstance(value, RunCancelled), (kind, value)
-    assert observed_s < 5, observed_s
     detail = tide.runs.get(run["id"])
     assert detail["run"]["status"] == "cancelled"
     assert detail["gates"][0]["status"] == "pending", detail["gates"]
@@ -582,7 +580,7 @@ def cancel_in_gate() -> dict[str, Any]:
     # steps/begin answers action=cancelled.
     with raises(RunCancelled):
         RunContext(tide, run["id"], "someone").step("late", lambda: 1)
-    return {"observed_s": round(observed_s, 3)}
+    return {"error": type(value).__name__}
 
 
 @scenario

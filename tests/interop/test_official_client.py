@@ -85,7 +85,7 @@ def test_cancel__observed_at_the_next_step(scenario: ScenarioRunner) -> None:
 
 def test_cancel__observed_while_blocked_in_a_gate(scenario: ScenarioRunner) -> None:
     out = scenario("cancel_in_gate")
-    assert out["observed_s"] < 5
+    assert out["error"] == "RunCancelled"  # not the gate's own timeout
 
 
 def test_subscribe__yields_backlog_then_live_events(scenario: ScenarioRunner) -> None:

@@ -7,6 +7,8 @@ import asyncio
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from tests.pydantic_ai.agents import build_triage_agent, triage_workflow
 from tests.pydantic_ai.conftest import step_names
 from tidebase.aio import AsyncTidebase
@@ -23,6 +25,20 @@ def test_name_helpers_are_pinned() -> None:
     assert digest == "e4b0c941d33a32d5b566e2cf7667b87e977f57e8f962c9b9318477b9e2130385"
     assert digest == arguments_digest("deploy", {"replicas": 2, "service": "api"})  # key order is irrelevant
     assert approval_gate_name("deploy", "call-7", digest) == f"approve:deploy:call-7:{digest}"
+
+
+def test_names_of_repeated_tool_call_ids_are_pinned() -> None:
+    """A provider may reuse an id (``call_0`` for every call): the n-th call of a tool with that
+    id in the run carries ``#n`` on the tool name. The first keeps the name it always had, so
+    runs recorded before repeats were told apart keep replaying."""
+    assert tool_step_name("refund", "call_0", occurrence=1) == "tool:refund:call_0"
+    assert tool_step_name("refund", "call_0", occurrence=2) == "tool:refund#2:call_0"
+    assert tool_step_name("refund", "call_0", approved=True, occurrence=3) == "tool:refund#3:call_0:approved"
+    assert approval_gate_name("refund", "call_0", "d", occurrence=2) == "approve:refund#2:call_0:d"
+    # The marker is on the tool name, which never holds "#": no provider id can fake a repeat.
+    assert tool_step_name("refund", "call_0#2") != tool_step_name("refund", "call_0", occurrence=2)
+    with pytest.raises(ValueError, match="occurrence counts from 1"):
+        tool_step_name("refund", "call_0", occurrence=0)
 
 
 def test_generated_step_names_are_pinned(live_server_url: str, data_dir: Path) -> None:

@@ -13,6 +13,7 @@ from django.db import connection
 from tidebase_core.models import Event, Run, Schedule
 from tidebase_core.services import queues
 from tidebase_core.services.runs import run_complete
+from tidebase_core.services.time import db_now
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -97,10 +98,13 @@ def test_schedules__two_racing_ticks_enqueue_a_due_schedule_once() -> None:
     for round_ in range(10):
         name = f"s{round_}"
         queues.schedule_set(name=name, cron="* * * * *", workflow_name="wf")
-        Schedule.objects.filter(name=name).update(next_run_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+        # The database clock, read before the ticks: "due" and "past now" are relative to it, and
+        # a minute may turn between a tick and the assertion on a slow machine.
+        before = db_now()
+        Schedule.objects.filter(name=name).update(next_run_at=before - dt.timedelta(hours=1))
         fired = race(2, lambda i: queues.schedules_fire_due())
         assert sum(fired) == 1
         assert Run.objects.filter(metadata__schedule=name).count() == 1
         schedule = Schedule.objects.get(name=name)
         assert schedule.next_run_at is not None
-        assert schedule.next_run_at > dt.datetime.now(dt.UTC)
+        assert schedule.next_run_at > before  # moved past the tick's now (which is >= before)

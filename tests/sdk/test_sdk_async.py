@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -232,16 +233,22 @@ def test_async_session_heartbeat_stops_on_lease_loss(fake: FakeServer) -> None:
     lost: list[BaseException] = []
 
     async def main() -> None:
+        seen = asyncio.Event()
+
+        def on_lease_lost(error: BaseException) -> None:
+            lost.append(error)
+            seen.set()
+
         async with make_async(fake) as tide:
-            session = await tide.runs.attach("gateway", heartbeat_s=0.01, on_lease_lost=lost.append)
+            session = await tide.runs.attach("gateway", heartbeat_s=0.01, on_lease_lost=on_lease_lost)
             await session.step("hello", lambda: "hi")
-            await asyncio.sleep(0.05)
+            # Conditions, not sleeps: one heartbeat went through before the lease is taken away.
+            deadline = time.monotonic() + 60
+            while not fake.calls("POST", "/heartbeat$") and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
             assert session.heartbeating
             fake.runs[session.run_id]["leaseOwner"] = "someone-else"
-            for _ in range(100):
-                if lost:
-                    break
-                await asyncio.sleep(0.01)
+            await asyncio.wait_for(seen.wait(), 60)
             assert not session.heartbeating
             await session.fail("gave up")
 

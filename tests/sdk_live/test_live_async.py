@@ -157,7 +157,7 @@ def test_gate_returns_promptly_through_the_long_poll(live_server_url: str) -> No
 
             def approve_later() -> None:
                 gate = wait_for(lambda: pending_gate(live_server_url, run_id))
-                threading.Event().wait(0.5)  # the waiter is parked in the long-poll by now
+                wait_for(lambda: log.matching("GET", "/gates/"))  # the waiter's long-poll is on its way
                 resolve_gate(live_server_url, run_id, gate)
 
             in_thread(approve_later)

@@ -47,7 +47,7 @@ def test_push_queue__invites_a_worker_which_runs_each_run_once(
         run_ids = [tide.enqueue("pushed", queue="push-q", input={"n": n})["run"]["id"] for n in range(3)]
         start_worker(TIDEBASE_WEBHOOK_SECRET=SECRET)  # beat ticks the reconciler every 300 ms
         wait_for(lambda: Run.objects.filter(id__in=run_ids, status="completed").count() == 3, 30, what="pushed runs")
-        assert handler.join(10)
+        assert handler.join(60)
         assert sorted(log.read_text().split()) == ["0", "1", "2"]
         invites = RecoveryAttempt.objects.filter(run_id__in=run_ids, type="run.invoke")
         assert invites.count() == 3
@@ -59,7 +59,7 @@ def test_push_queue__invites_a_worker_which_runs_each_run_once(
             Run.objects.get(id=run_ids[0]), reason="queue_dispatch", type="run.invoke", url=invites[0].webhook_url
         )
         wait_for(lambda: RecoveryAttempt.objects.get(id=duplicate.id).status == "delivered", 30, what="the duplicate")
-        assert handler.join(10)
+        assert handler.join(60)
         assert sorted(log.read_text().split()) == ["0", "1", "2"]
         assert [r.result for r in Run.objects.filter(id__in=run_ids).order_by("created_at")] == [0, 10, 20]
     finally:

@@ -10,7 +10,7 @@ from django.test import override_settings
 from tidebase_core.models import ChannelDelivery, Event, RecoveryAttempt
 from webhooks.models import DeliveryAttempt
 from webhooks.services import delivery_attempt
-from webhooks.ssrf import AddressPolicy, BlockedAddress, address_blocked
+from webhooks.ssrf import AddressPolicy, BlockedAddress, address_blocked, embedded_ipv4
 
 from .conftest import Receiver
 from .helpers import channel_deliveries, recovery_row
@@ -33,6 +33,76 @@ def test_public_addresses_pass(address: str) -> None:
     assert not address_blocked(ipaddress.ip_address(address))
 
 
+# IPv6 addresses that lead to an IPv4 address, with the IPv4 each one embeds.
+EMBEDDING_PRIVATE = {
+    "2002:7f00:1::": "127.0.0.1",  # 6to4: bits 16-48
+    "2002:a01:203:4::5": "10.1.2.3",
+    "2002:a9fe:a9fe::1": "169.254.169.254",
+    "2002:c0a8:101::": "192.168.1.1",
+    "64:ff9b::7f00:1": "127.0.0.1",  # NAT64 well-known prefix: the last 32 bits
+    "64:ff9b::a9fe:a9fe": "169.254.169.254",
+    "64:ff9b::ac10:1": "172.16.0.1",
+    "64:ff9b:1::a00:1": "10.0.0.1",  # NAT64 local use, a /96 translator prefix
+    "64:ff9b:1:0:ac:1005:700:0": "172.16.5.7",  # ... and a /64 one (bits 72-104)
+    "::ffff:10.1.2.3": "10.1.2.3",  # IPv4-mapped
+    "::ffff:169.254.169.254": "169.254.169.254",
+    "::7f00:1": "127.0.0.1",  # IPv4-compatible
+    "::a9fe:a9fe": "169.254.169.254",
+    "2001:0:5db8:d822:0:0:f5fe:fefe": "10.1.1.1",  # Teredo: public server, client ~0xf5fefefe
+}
+
+
+@pytest.mark.parametrize(("address", "ipv4"), EMBEDDING_PRIVATE.items())
+def test_ipv6_embedding_a_blocked_ipv4_is_blocked(address: str, ipv4: str) -> None:
+    ip = ipaddress.ip_address(address)
+    assert ipaddress.ip_address(ipv4) in embedded_ipv4(ip)
+    assert address_blocked(ip)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "2002:5db8:d822::1",  # 6to4 of 93.184.216.34: a relay carries it to that public host
+        "64:ff9b::5db8:d822",  # NAT64 of 93.184.216.34: how IPv6-only hosts reach IPv4 receivers
+        "64:ff9b::1.1.1.1",
+        "::ffff:1.1.1.1",
+    ],
+)
+def test_ipv6_embedding_a_public_ipv4_passes(address: str) -> None:
+    assert not address_blocked(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "::5db8:d822",  # IPv4-compatible: deprecated, inside ::/8, refused whatever it embeds
+        "64:ff9b:1::5db8:d822",  # NAT64 local use: one reading is public, the /48 one is 0.0.0.0
+        "2001:0:5db8:d822:0:0:a247:27dd",  # Teredo with a public client: 2001::/23 is not global
+    ],
+)
+def test_ipv6_embedding_ranges_that_are_not_global_stay_blocked(address: str) -> None:
+    assert address_blocked(ipaddress.ip_address(address))
+
+
+def test_nat64_local_use_is_read_at_every_prefix_length() -> None:
+    """RFC 6052: the site chooses a /48, /56, /64 or /96 prefix inside 64:ff9b:1::/48, so the
+    IPv4 may sit at any of those places (bits 64-71 are never part of it)."""
+    ip = ipaddress.ip_address("64:ff9b:1:0:ac:1005:700:0")
+    assert ipaddress.ip_address("172.16.5.7") in embedded_ipv4(ip)  # a /64 prefix
+    assert embedded_ipv4(ipaddress.ip_address("64:ff9b:1:a01:2:300::")) == tuple(
+        ipaddress.ip_address(a) for a in ("10.1.2.3", "1.2.3.0", "2.3.0.0", "0.0.0.0")
+    )
+
+
+def test_embedded_metadata_address_needs_an_exact_allow_entry() -> None:
+    """A CIDR allowing a 6to4 or NAT64 range does not let its metadata-service address through."""
+    for cidr, address in (("2002::/16", "2002:a9fe:a9fe::"), ("64:ff9b::/96", "64:ff9b::a9fe:a9fe")):
+        policy = AddressPolicy.from_entries([cidr])
+        assert not policy.permits("x", ipaddress.ip_address(address))
+        assert policy.permits("x", ipaddress.ip_address(address.replace("a9fe:a9fe", "a01:203")))
+        assert AddressPolicy.from_entries([address]).permits("x", ipaddress.ip_address(address))
+
+
 def test_allow_list_by_host_and_cidr() -> None:
     policy = AddressPolicy.from_entries(["localhost", "10.0.0.0/8", "169.254.169.254"])
     assert policy.permits("localhost", ipaddress.ip_address("127.0.0.1"))
@@ -47,7 +117,14 @@ def test_allow_list_by_host_and_cidr() -> None:
 @pytest.mark.django_db(transaction=True)
 @override_settings(TIDEBASE_WEBHOOK_ALLOW_HOSTS=[], TIDEBASE_WEBHOOK_SECRET=None)
 @pytest.mark.parametrize(
-    "url", ["http://127.0.0.1:9/hook", "http://169.254.169.254/latest/meta-data", "http://[::1]/x"]
+    "url",
+    [
+        "http://127.0.0.1:9/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/x",
+        "http://[2002:a9fe:a9fe::]/latest/meta-data",  # 6to4 of the metadata service
+        "http://[64:ff9b::7f00:1]:9/hook",  # NAT64 of loopback
+    ],
 )
 def test_blocked_destination_is_recorded_and_dead_lettered_at_once(url: str, broker_env: dict[str, str]) -> None:
     [delivery_id] = channel_deliveries(url, publish=False)
