@@ -41,8 +41,8 @@ lint: venv ## ruff check + format check
 typecheck: venv ## mypy (strict) with django-stubs
 	DATABASE_URL=$${DATABASE_URL:-postgres://unused@127.0.0.1/unused} $(VENV)/bin/mypy config tidebase_core dashboard webhooks tidebase
 
-bench: venv ## Benchmark the hot paths against a live server; prints JSON
-	$(PY) scripts/bench.py
+bench: venv ## Benchmark the hot paths; prints JSON. BENCH_COMPARE_URL=<url>: route table side by side with that server
+	@$(PY) scripts/bench.py $(if $(BENCH_COMPARE_URL),--compare-url '$(BENCH_COMPARE_URL)')
 
 stop: ## Stop the embedded Postgres started by run/test
 	-$(PY) -c "from config.embedded import stop; stop()"

@@ -16,13 +16,20 @@ What it does, all on loopback:
    usage records; seeded once, reused): render times, query counts and the scans of every page's
    SQL (EXPLAIN). ``TIDEBASE_SCALE_RUNS``/``TIDEBASE_SCALE_USAGE`` shrink it; ``TIDEBASE_BENCH_DASHBOARD=0``
    skips it.
+8. ``compare`` (only with ``--compare-url URL`` or ``BENCH_COMPARE_URL``): the route table of
+   issue #11 for our server and a second, already running server (for example the upstream
+   reference), measured with the official client in alternating rounds (ours first in rounds 1
+   and 3, the other first in round 2), each number the median of the rounds' p50s, with the ratio
+   ours / other. Compare runs skip the dashboard part unless ``TIDEBASE_BENCH_DASHBOARD=1``.
 
-A short human summary goes to stderr. Internal subcommands: ``_echo`` (the bare HTTP server) and
-``_sql`` (the statement counter, run in a subprocess configured for the bench database).
+A short human summary goes to stderr (with ``compare``, the table side by side). Internal
+subcommands: ``_echo`` (the bare HTTP server) and ``_sql`` (the statement counter, run in a
+subprocess configured for the bench database).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -54,6 +61,27 @@ CONFIG = {
     "replay_steps": 200,
     "gate_samples": 6,
 }
+# One round of the side-by-side route table (scripts/bench_official.py ``routes``).
+COMPARE_CONFIG = {
+    "mode": "routes",
+    "samples": 150,
+    "warmup_steps": 30,
+    "thread_steps": 60,
+    "overhead_samples": 60,
+    "resume_samples": 30,
+    "resume_steps": 5,
+}
+COMPARE_ROUNDS = 3
+COMPARE_ROWS = [  # (key, label as in issue #11, higher is better)
+    ("step_ms", "step (begin + complete)", False),
+    ("steps_per_s_8_threads", "steps/s, 8 client threads", True),
+    ("replayed_step_ms", "replayed step", False),
+    ("usage_record_ms", "usage record", False),
+    ("state_set_ms", "state set", False),
+    ("run_overhead_ms", "run overhead (create + begin + complete)", False),
+    ("resume_invocation_ms", "resume invocation (begin + step list of a finished run)", False),
+    ("health_ms", "GET /health", False),
+]
 TARGET_STEP_OVER_RTT = 6.0
 TARGET_THROUGHPUT_OVER_INVERSE_RTT = 0.2
 
@@ -95,14 +123,14 @@ def base_database_url() -> str:
     return embedded_database_url()
 
 
-def prepare_database(base_url: str) -> str:
-    """Drop and recreate ``tidebase_bench`` (reproducible numbers), then migrate it."""
+def prepare_database(base_url: str, name: str = BENCH_DB) -> str:
+    """Drop and recreate ``name`` (reproducible numbers), then migrate it."""
     import psycopg
 
     with psycopg.connect(base_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {BENCH_DB}")
-    bench_url = urlunparse(urlparse(base_url)._replace(path=f"/{BENCH_DB}"))
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    bench_url = urlunparse(urlparse(base_url)._replace(path=f"/{name}"))
     t0 = time.monotonic()
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
@@ -110,7 +138,7 @@ def prepare_database(base_url: str) -> str:
         env=clean_env(DATABASE_URL=bench_url),
         check=True,
     )
-    log(f"database {BENCH_DB} migrated in {time.monotonic() - t0:.1f}s")
+    log(f"database {name} migrated in {time.monotonic() - t0:.1f}s")
     return bench_url
 
 
@@ -566,8 +594,7 @@ def measure_queues(url: str, runs: int = 400, workers: int = 4, latency_samples:
     }
 
 
-def run_official(python: Path, url: str, rtt_url: str) -> dict[str, Any]:
-    config = {**CONFIG, "url": url, "rtt_url": rtt_url}
+def run_official(python: Path, config: dict[str, Any]) -> dict[str, Any]:
     proc = subprocess.run(
         [str(python), str(SCRIPTS / "bench_official.py"), json.dumps(config)],
         capture_output=True,
@@ -597,9 +624,67 @@ def run_sql_counter(database_url: str) -> dict[str, Any]:
     return result
 
 
-def run_dashboard_scale(base_url: str) -> dict[str, Any] | None:
-    """The dashboard at scale (scripts/dashboard_scale.py): its JSON report, or ``{"error": ...}``."""
-    if os.environ.get("TIDEBASE_BENCH_DASHBOARD", "1") == "0":
+def compare_servers(python: Path, ours_url: str, other_url: str, rounds: int = COMPARE_ROUNDS) -> dict[str, Any]:
+    """The route table for two servers: official client, alternating rounds, medians of the
+    rounds' p50s. Both servers are measured from this machine, one at a time."""
+    per_round: dict[str, list[dict[str, Any]]] = {"ours": [], "other": []}
+    orders = []
+    for r in range(rounds):
+        order = [("ours", ours_url), ("other", other_url)]
+        if r % 2:
+            order.reverse()
+        orders.append([name for name, _ in order])
+        for name, url in order:
+            per_round[name].append(run_official(python, {**COMPARE_CONFIG, "url": url}))
+            log(f"compare round {r + 1}/{rounds}: {name} measured")
+    rows = []
+    for key, label, higher_is_better in COMPARE_ROWS:
+        ours = statistics.median(x[key] for x in per_round["ours"])
+        other = statistics.median(x[key] for x in per_round["other"])
+        rows.append(
+            {
+                "key": key,
+                "route": label,
+                "unit": "steps/s" if higher_is_better else "ms p50",
+                "ours": round(ours, 3),
+                "other": round(other, 3),
+                "ours_over_other": round(ours / other, 2) if other else None,
+                "higher_is_better": higher_is_better,
+                "rounds": {name: [x[key] for x in per_round[name]] for name in per_round},
+            }
+        )
+    return {
+        "ours_url": ours_url,
+        "other_url": other_url,
+        "rounds": rounds,
+        "round_order": orders,
+        "config": COMPARE_CONFIG,
+        "client": f"tidebase {per_round['ours'][0]['client_version']} (PyPI, var/interop-venv)",
+        "method": "scripts/bench_official.py routes, one process per server and round; each value is the "
+        "median over rounds of that round's p50 (steps/s: of that round's rate)",
+        "routes": rows,
+    }
+
+
+def compare_table(compare: dict[str, Any]) -> list[str]:
+    """The side-by-side table, markdown, as in issue #11."""
+    lines = ["| p50 | ours | other | ours / other |", "|---|---|---|---|"]
+    for row in compare["routes"]:
+        if row["higher_is_better"]:
+            ours, other = f"{row['ours']:.0f}", f"{row['other']:.0f}"
+            ratio = f"{row['ours_over_other']:.2f}x" if row["ours_over_other"] is not None else "-"
+        else:
+            ours, other = f"{row['ours']:.2f} ms", f"{row['other']:.2f} ms"
+            ratio = f"{row['ours_over_other']:.2f}" if row["ours_over_other"] is not None else "-"
+        lines.append(f"| {row['route']} | {ours} | {other} | {ratio} |")
+    lines.append(f"(other = {compare['other_url']}; {compare['rounds']} alternating rounds, {compare['client']})")
+    return lines
+
+
+def run_dashboard_scale(base_url: str, default: str = "1") -> dict[str, Any] | None:
+    """The dashboard at scale (scripts/dashboard_scale.py): its JSON report, or ``{"error": ...}``.
+    ``default`` applies when ``TIDEBASE_BENCH_DASHBOARD`` is unset (compare runs pass "0")."""
+    if os.environ.get("TIDEBASE_BENCH_DASHBOARD", default) == "0":
         return None
     proc = subprocess.run(
         [sys.executable, str(SCRIPTS / "dashboard_scale.py")],
@@ -616,19 +701,41 @@ def run_dashboard_scale(base_url: str) -> dict[str, Any] | None:
     return result
 
 
-def main() -> int:
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument(
+        "--compare-url",
+        default=os.environ.get("BENCH_COMPARE_URL") or None,
+        help="a second, running Tidebase server (e.g. http://127.0.0.1:8787): print the route table for "
+        "both side by side (default: $BENCH_COMPARE_URL)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    other_url = args.compare_url.rstrip("/") if args.compare_url else None
+    if other_url:
+        try:
+            http_get(other_url + "/health", timeout=5)
+        except OSError as exc:
+            log(f"the server to compare with does not answer GET {other_url}/health: {exc}")
+            return 2
     started = time.monotonic()
     base_url = base_database_url()
     bench_url = prepare_database(base_url)
     python = ensure_interop_venv()
     echo, rtt_url = start_echo()
     server: Server | None = None
+    compare: dict[str, Any] | None = None
     try:
         server = Server(bench_url)
         log(f"server up at {server.url} (log: {server.log_path})")
+        if other_url:  # first, while both databases are young
+            compare = compare_servers(python, server.url, other_url)
         pg_commit = measure_pg_commit(bench_url)
         log(f"pg commit p50 {pg_commit['p50']:.3f} ms")
-        official = run_official(python, server.url, rtt_url)
+        official = run_official(python, {**CONFIG, "url": server.url, "rtt_url": rtt_url})
         log("official client measured")
         sql = run_sql_counter(bench_url)
         sql["method"] = (
@@ -644,8 +751,9 @@ def main() -> int:
             server.stop()
         echo.terminate()
         echo.wait(5)
-    dashboard = run_dashboard_scale(base_url)
-    log("dashboard at scale measured")
+    dashboard = run_dashboard_scale(base_url, default="0" if other_url else "1")
+    if dashboard is not None:
+        log("dashboard at scale measured")
 
     rtt_ms = official["bare_rtt_ms"]["p50"]
     seq = official["sequential"]
@@ -697,6 +805,7 @@ def main() -> int:
         "our_sdk": our_sdk,
         "queues": queues,
         "dashboard": dashboard,
+        "compare": compare,
     }
     report["bench"]["duration_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(report, indent=2))
@@ -746,6 +855,8 @@ def log_summary(r: dict[str, Any]) -> None:
     elif d:
         lines.append(f"dashboard at scale: {d.get('error')}")
     lines.append(f"meets targets: {x['meets_targets']} (total {r['bench']['duration_s']}s)")
+    if r.get("compare"):
+        lines += compare_table(r["compare"])
     for line in lines:
         log(line)
 
@@ -756,4 +867,4 @@ if __name__ == "__main__":
     elif len(sys.argv) > 1 and sys.argv[1] == "_sql":
         print(json.dumps(sql_counts()), flush=True)
     else:
-        sys.exit(main())
+        sys.exit(main(sys.argv[1:]))

@@ -3,6 +3,12 @@
 
 Usage: ``bench_official.py <config-json>`` with keys ``url`` (the Tidebase server), ``rtt_url``
 (a bare HTTP server), and loop sizes. Prints one JSON object of raw measurements (milliseconds).
+
+With ``"mode": "routes"`` it measures one round of the route table that ``make bench`` prints
+side by side for two servers (``routes()``; no ``rtt_url`` needed): GET /health, a step
+(begin + complete), steps/s with 8 client threads, a replayed step, a usage record, a state
+set, run overhead (create + begin + complete of an empty workflow) and a resume invocation
+(run detail with its step list + begin, on a failed run whose steps are all finished).
 """
 
 from __future__ import annotations
@@ -204,6 +210,104 @@ def main(config: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+USAGE_BODY: dict[str, Any] = {
+    "kind": "llm",
+    "provider": "openai",
+    "model": "gpt-4o-mini",
+    "input_tokens": 1200,
+    "output_tokens": 350,
+    "cost_usd": 0.0021,
+    "metadata": {"bench": True},
+}
+
+
+def state_value(i: int) -> dict[str, Any]:
+    return {"i": i, "status": "working", "items": ["a", "b", "c"], "progress": {"done": i, "total": 100}}
+
+
+def timed_in_run(tide: Tidebase, n: int, call: Any) -> list[float]:
+    """``call(ctx, i)`` n times inside one running run; per-call seconds."""
+    samples: list[float] = []
+
+    def workflow(ctx: Any, _input: Any) -> Any:
+        for i in range(n):
+            t0 = time.perf_counter()
+            call(ctx, i)
+            samples.append(time.perf_counter() - t0)
+        return n
+
+    tide.run("bench-routes", workflow, input={"n": n})
+    return samples
+
+
+def run_overhead(tide: Tidebase, n: int) -> list[float]:
+    """Create + begin + complete of a workflow with no steps (``tide.run`` without a run id)."""
+    samples = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        tide.run("bench-overhead", lambda _ctx, _input: None, input={"i": i})
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
+def resume_invocations(tide: Tidebase, n: int, steps: int) -> list[float]:
+    """What ``tide.run(name, wf, run_id=...)`` sends before the workflow replays: the run detail
+    (``GET /runs/:id``, with its step list) and ``POST /runs/:id/begin``, on a run that failed
+    after ``steps`` finished steps. One fresh run per sample, prepared untimed."""
+    prepared = []
+    for k in range(n):
+        run_id, _, _ = timed_steps(tide, steps, f"resume{k}", fail_at_end=True)
+        prepared.append(run_id)
+    samples = []
+    for run_id in prepared:
+        t0 = time.perf_counter()
+        detail = tide.runs.get(run_id)
+        tide.request("POST", f"/runs/{run_id}/begin")
+        samples.append(time.perf_counter() - t0)
+        assert len(detail["steps"]) == steps, detail["steps"]
+    return samples
+
+
+def routes(config: dict[str, Any]) -> dict[str, Any]:
+    """One round of the route table: p50 ms per route (and steps/s with 8 threads)."""
+    url = config["url"]
+    tide = Tidebase(url=url)
+    n = config["samples"]
+    health_rtt(url, 20)
+    timed_steps(tide, config["warmup_steps"], "warm")
+    _, seq, _ = timed_steps(tide, n, "seq")
+    eight = threaded(url, 8, config["thread_steps"])
+    run_id, _, _ = timed_steps(tide, n, "rep", fail_at_end=True)
+    replayed: list[float] = []
+
+    def replay(ctx: Any, _input: Any) -> Any:
+        for i in range(n):
+            t0 = time.perf_counter()
+            ctx.step(f"rep-{i}", lambda: (_ for _ in ()).throw(AssertionError("re-executed")), input={"i": i})
+            replayed.append(time.perf_counter() - t0)
+        return "replayed"
+
+    assert tide.run("bench", replay, run_id=run_id) == "replayed"
+    usage = timed_in_run(tide, n, lambda ctx, _i: ctx.usage.record(**USAGE_BODY))
+    state = timed_in_run(tide, n, lambda ctx, i: ctx.state.set(state_value(i)))
+    overhead = run_overhead(tide, config["overhead_samples"])
+    resume = resume_invocations(tide, config["resume_samples"], config["resume_steps"])
+    health = health_rtt(url, n)
+    p50 = {
+        "step_ms": seq,
+        "replayed_step_ms": replayed,
+        "usage_record_ms": usage,
+        "state_set_ms": state,
+        "run_overhead_ms": overhead,
+        "resume_invocation_ms": resume,
+        "health_ms": health,
+    }
+    result: dict[str, Any] = {k: summary(v)["p50"] for k, v in p50.items()}
+    result["steps_per_s_8_threads"] = round(eight["steps_per_s"], 1)
+    result["client_version"] = getattr(tidebase, "__version__", None) or _version()
+    return result
+
+
 def _version() -> str:
     from importlib.metadata import version
 
@@ -211,4 +315,5 @@ def _version() -> str:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(json.loads(sys.argv[1]))), flush=True)
+    cfg = json.loads(sys.argv[1])
+    print(json.dumps(routes(cfg) if cfg.get("mode") == "routes" else main(cfg)), flush=True)
