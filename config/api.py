@@ -6,15 +6,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.db import DataError
+from django.db import DataError, OperationalError
 from django.http import HttpRequest, HttpResponse
-from ninja import NinjaAPI
 from ninja.errors import HttpError, ValidationError
 from ninja.parser import Parser
 
-from tidebase_core.api import gates, queues, runs, state, steps
+from tidebase_core.api import gates, queues, runs, scopes, state, steps
 from tidebase_core.api.common import issues, loads
-from tidebase_core.exceptions import DomainError, InvalidRequest
+from tidebase_core.api.openapi import DocumentedAPI
+from tidebase_core.db import UNSTORABLE, operational_answer
+from tidebase_core.exceptions import DomainError, InvalidRequest, ServerBusy, UnsupportedValue
 from tidebase_core.wire import json_response
 
 logger = logging.getLogger("tidebase.api")
@@ -29,7 +30,7 @@ class JsonParser(Parser):
         return data
 
 
-api = NinjaAPI(
+api = DocumentedAPI(  # the OpenAPI document is completed in tidebase_core.api.openapi
     title="Tidebase",
     version="0.7.0",
     description="The Tidebase wire protocol (PROTOCOL.md), served by Tidebase for Django.",
@@ -44,6 +45,9 @@ api.add_router("/runs", gates.router)
 api.add_router("/runs", state.router)
 api.add_router("/queues", queues.router)
 api.add_router("/schedules", queues.schedules_router)
+# Every route is checked against the scope table before its body is parsed; a route missing
+# from tidebase_core.api.scopes.ROUTE_SCOPES stops the server from starting.
+api.add_decorator(scopes.guard, mode="view")
 
 
 @api.get("/health", tags=["health"], operation_id="health")
@@ -75,10 +79,25 @@ def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
 
 @api.exception_handler(DataError)
 def data_error(request: HttpRequest, exc: DataError) -> HttpResponse:
-    # e.g. a NUL character in a JSON string, which Postgres jsonb cannot store
-    return json_response(
-        {"error": f"value cannot be stored: {exc.__cause__ or exc}".strip(), "code": "unsupported_value"}, 400
-    )
+    # A value Postgres refuses that request validation let through (JSON bodies are checked
+    # before any SQL, jsonsafe.py; e.g. a NUL in a path segment). The database's message quotes
+    # the statement, so it goes to the log, never into the answer (issue #12, item 8).
+    logger.info("api.unstorable", extra={"path": request.path, "error": str(exc)})
+    return domain_error(request, UnsupportedValue(UNSTORABLE))
+
+
+@api.exception_handler(OperationalError)
+def operational_error(request: HttpRequest, exc: OperationalError) -> HttpResponse:
+    # A lock wait past TIDEBASE_LOCK_TIMEOUT_MS or a statement past TIDEBASE_STATEMENT_TIMEOUT_MS
+    # is transient: 503 with Retry-After (the transaction rolled back, so a retry is safe).
+    answer = operational_answer(exc)
+    if answer is None:
+        return unexpected(request, exc)
+    logger.info("api.db_refused", extra={"path": request.path, "error": str(exc)})
+    response = domain_error(request, answer)
+    if isinstance(answer, ServerBusy):
+        response["Retry-After"] = str(answer.retry_after_s)
+    return response
 
 
 @api.exception_handler(Exception)

@@ -6,6 +6,7 @@ Every variable is documented in README.md ("Configuration").
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -71,14 +72,79 @@ if not DATABASE_URL:
 DATABASES = {"default": database_from_url(DATABASE_URL)}
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or "insecure-dev-key-set-DJANGO_SECRET_KEY-in-production"
+TIDEBASE_DEVELOPMENT_SECRET_KEY = "insecure-dev-key-set-DJANGO_SECRET_KEY-in-production"  # noqa: S105
+"""Used when DJANGO_SECRET_KEY is unset: system check tidebase.W001 warns with debug off, and
+tidebase_serve refuses it beyond localhost (tidebase_core/checks.py)."""
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or TIDEBASE_DEVELOPMENT_SECRET_KEY
 ALLOWED_HOSTS = [h.strip() for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "*").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+
+# --- Production security: HTTPS, login throttling, CSP (README "Production settings") -----
+TIDEBASE_HTTPS = env_bool("TIDEBASE_HTTPS", False)
+"""Served to browsers over HTTPS (directly or behind a TLS-terminating proxy): turns on secure
+cookies, the HTTPS redirect and HSTS together. Each can still be set on its own below."""
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", TIDEBASE_HTTPS)
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", TIDEBASE_HTTPS)
+SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31_536_000 if TIDEBASE_HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", True)
+
+
+def _proxy_ssl_header(raw: str) -> tuple[str, str] | None:
+    """``X-Forwarded-Proto: https`` (or ``=``) → ``("HTTP_X_FORWARDED_PROTO", "https")``."""
+    if not raw.strip():
+        return None
+    name, sep, value = raw.replace("=", ":", 1).partition(":")
+    if not sep or not name.strip() or not value.strip():
+        raise ValueError(f"DJANGO_SECURE_PROXY_SSL_HEADER must look like 'X-Forwarded-Proto: https', got {raw!r}")
+    meta = name.strip().upper().replace("-", "_")
+    return (meta if meta.startswith("HTTP_") else "HTTP_" + meta), value.strip()
+
+
+SECURE_PROXY_SSL_HEADER = _proxy_ssl_header(os.environ.get("DJANGO_SECURE_PROXY_SSL_HEADER", ""))
+"""Only behind a proxy that sets this header on every request and drops it from clients' requests."""
+TIDEBASE_PROXY_COUNT = env_int("TIDEBASE_PROXY_COUNT", 0)
+"""Reverse proxies in front of the server that append to X-Forwarded-For: the login throttle keys
+on the address the outermost one saw. 0: the connection's address (REMOTE_ADDR)."""
+
+# Login throttling (django-axes): failures are counted in Postgres per username + client
+# address, so every web process and machine sees the same count.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("TIDEBASE_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(seconds=env_int("TIDEBASE_LOGIN_COOLOFF_S", 900))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_CLIENT_IP_CALLABLE = "dashboard.throttle.client_ip"
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_RESET_ON_SUCCESS = True
+AXES_DISABLE_ACCESS_LOG = True  # successful logins: not recorded (the failures are, in AccessAttempt)
+AXES_VERBOSE = False  # no start-up banner in every process
+
+# Content-Security-Policy (django-csp) for the dashboard, the admin and the API docs: nothing
+# inline, nothing from elsewhere. The protocol routes never pass this middleware (config/wsgi.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
 
 PORT = env_int("PORT", 7373)
 
 # --- Tidebase protocol settings (PROTOCOL.md §16) -----------------------------------------
 TIDEBASE_API_KEY = os.environ.get("TIDEBASE_API_KEY") or None
+TIDEBASE_AUTH = (os.environ.get("TIDEBASE_AUTH") or "auto").strip().lower()
+"""``auto``: open until the first app key is created, closed from then on (revoking every key
+does not reopen it); ``required``: always closed; ``open``: open to everyone, keys or not."""
+if TIDEBASE_AUTH not in {"auto", "required", "open"}:
+    raise ValueError(f"TIDEBASE_AUTH must be auto, required or open, got {TIDEBASE_AUTH!r}")
 TIDEBASE_LEASE_MS = env_int("TIDEBASE_LEASE_MS", 60000)
 # A first step begin commits without waiting for the WAL flush unless this is on (see README).
 TIDEBASE_STEP_BEGIN_SYNC_COMMIT = env_bool("TIDEBASE_STEP_BEGIN_SYNC_COMMIT", False)
@@ -109,6 +175,9 @@ INSTALLED_APPS = [
     "dashboard",
     "django_htmx",
     "template_partials",
+    "axes",  # login throttling
+    "csp",  # Content-Security-Policy
+    "ninja",  # /api/docs from vendored Swagger UI files, not a CDN
 ]
 
 MIDDLEWARE = [
@@ -116,6 +185,7 @@ MIDDLEWARE = [
     # session/CSRF stack, which the wire protocol must never see (PROTOCOL.md §19.9).
     "tidebase_core.middleware.ProtocolMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # serves static/ (vendored htmx, Chart.js) under gunicorn
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -124,6 +194,7 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a locked-out login into the lockout page
 ]
 APPEND_SLASH = False
 
@@ -173,7 +244,8 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("TIDEBASE_LOG_LEVEL", "INFO")},
     # 4xx answers are part of the protocol (409 run_leased while a lease lapses, ...): not warnings.
-    "loggers": {"django.request": {"level": "ERROR"}},
+    # axes: failures and lockouts are warnings; its INFO lines (one per login) are not kept.
+    "loggers": {"django.request": {"level": "ERROR"}, "axes": {"level": "WARNING"}},
 }
 
 # --- webhooks / Celery (owned by the webhooks app; see README "Webhooks") ------------------

@@ -7,6 +7,7 @@ from typing import Any
 from django import forms
 
 from dashboard.selectors import RunFilters, default_range
+from tidebase_core.jsonsafe import storable_problem
 from tidebase_core.models import KeyScope
 from tidebase_core.models.runs import RunStatus
 
@@ -31,6 +32,9 @@ class GateDecisionForm(forms.Form):
             raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from exc
         if not isinstance(value, dict):
             raise forms.ValidationError('The payload must be a JSON object, like {"key": "value"}.')
+        problem = storable_problem(value)  # e.g. "\u0000" or 1e400: Postgres cannot store it
+        if problem is not None:
+            raise forms.ValidationError(f"The payload cannot be stored: {problem}.")
         return value
 
     def decision_payload(self) -> dict[str, Any]:

@@ -1,14 +1,17 @@
 """Admin registrations. Protocol state (runs, steps, gates, events, usage and its rollups) is read-only here:
 editing it by hand would break leases, fencing and exactly-once decisions. API keys are
-created with ``manage.py tidebase_key create`` (the secret is shown once) and can be revoked."""
+created with ``manage.py tidebase_key create`` (the secret is shown once) and can be revoked,
+never deleted. Resolve tokens and channel secrets are never shown."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib import admin
 from django.http import HttpRequest
 
+from tidebase_core import wire
 from tidebase_core.models import (
     ApiKey,
     Channel,
@@ -59,8 +62,13 @@ class StepAdmin(ReadOnlyAdmin):
 class GateAdmin(ReadOnlyAdmin):
     list_display = ("id", "run", "name", "status", "actor", "decided_by", "resolved_at")
     list_filter = ("status",)
-    exclude = ("resolve_token",)
+    exclude = ("resolve_token", "channels")  # a capability and inline channel secrets
+    readonly_fields = ("channels_redacted",)
     raw_id_fields = ("run",)
+
+    @admin.display(description="channels")
+    def channels_redacted(self, obj: Gate) -> str:
+        return json.dumps([wire.redact_channel(c) for c in obj.channels or []])
 
 
 @admin.register(Event)
@@ -110,8 +118,14 @@ for model in (RunEdge, RunState, StateStream, StateVersion, RecoveryAttempt):
 class ChannelDeliveryAdmin(ReadOnlyAdmin):
     list_display = ("id", "run", "event_type", "status", "attempts", "http_status", "created_at")
     list_filter = ("status",)
-    exclude = ("secret",)
+    exclude = ("secret", "payload", "response_body", "error_text")  # may hold a gate's resolve token
+    readonly_fields = ("delivery_redacted",)
     raw_id_fields = ("run",)
+
+    @admin.display(description="payload and answer")
+    def delivery_redacted(self, obj: ChannelDelivery) -> str:
+        out = wire.delivery_out(obj, show_token=False)
+        return json.dumps({k: out[k] for k in ("payload", "responseBody", "errorText")})
 
 
 @admin.register(ApiKey)
@@ -121,4 +135,9 @@ class ApiKeyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     exclude = ("key_hash",)
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Keys are revoked, never deleted: with TIDEBASE_AUTH=auto, an API that ever had a key
+        # stays closed, and deleting every key row would silently reopen it.
         return False

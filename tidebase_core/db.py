@@ -14,7 +14,25 @@ import pydantic_core
 from django.db import connection
 from psycopg.types.json import Jsonb
 
+from tidebase_core.exceptions import DomainError, ServerBusy, UnsupportedValue
 from tidebase_core.wire import RawJson, dumps
+
+UNSTORABLE = "a value in the request cannot be stored (out of range, too long, or a NUL character)"
+
+
+def operational_answer(exc: Exception) -> DomainError | None:
+    """The 4xx/503 for a database ``OperationalError`` a client can act on, or None (a real
+    failure: 500). Shared by the API's error handler and the WSGI step hot path. The database's
+    own text never goes into the answer (it quotes the statement)."""
+    cause = exc.__cause__
+    if isinstance(cause, psycopg.errors.LockNotAvailable):
+        return ServerBusy("lock_timeout")  # e.g. behind the writer of a 60 MB state
+    if isinstance(cause, psycopg.errors.QueryCanceled):
+        return ServerBusy("statement_timeout")
+    if isinstance(cause, psycopg.errors.ProgramLimitExceeded):  # e.g. an index row too big
+        return UnsupportedValue(UNSTORABLE)
+    return None
+
 
 STEP_JSON = frozenset({"input", "options", "resume_contract", "output", "error"})
 RUN_JSON = frozenset({"input", "metadata", "result", "error"})

@@ -32,6 +32,18 @@ class UnsupportedValue(DomainError):
     code = "unsupported_value"
 
 
+class ServerBusy(DomainError):
+    """A lock wait or statement ran past its timeout; the transaction rolled back, so the client
+    may send the request again (answered with ``Retry-After``)."""
+
+    status_code = 503
+    retry_after_s = 1
+
+    def __init__(self, code: str) -> None:
+        super().__init__(f"the server is busy ({code}); retry shortly")
+        self.code = code
+
+
 class Unauthorized(DomainError):
     code = "unauthorized"
     status_code = 401

@@ -3,6 +3,7 @@ raw-path routing, CORS and preflight, the request-size limit, and authentication
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Callable
 from urllib.parse import quote, unquote
@@ -20,6 +21,37 @@ RESOLVE_PATH = re.compile(r"^/runs/[^/]+/gates/[^/]+/resolve$")
 
 def is_protocol_path(path: str) -> bool:
     return any(path == p or path.startswith(p + "/") for p in PROTOCOL_PREFIXES)
+
+
+def bearer_token(header: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header, else "". The scheme is
+    case-insensitive (RFC 7235 §2.1: ``bearer x`` and ``BEARER x`` are the same credentials)."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _too_large() -> HttpResponse:
+    limit = settings.TIDEBASE_MAX_BODY_BYTES
+    body = {"error": f"request body is larger than {limit} bytes", "code": "payload_too_large", "limit": limit}
+    return json_response(body, 413)
+
+
+def _read_chunked(request: HttpRequest) -> bool:
+    """Read a chunked request body (``Transfer-Encoding: chunked``, no ``Content-Length``) into
+    ``request.body``; False if it is larger than ``TIDEBASE_MAX_BODY_BYTES``. gunicorn decodes
+    chunked input into ``wsgi.input``, but Django reads only ``CONTENT_LENGTH`` bytes of it and
+    would see an empty body (a 400 ``missing_body`` for a body that was sent)."""
+    meta = request.META
+    if meta.get("CONTENT_LENGTH") or "chunked" not in meta.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return True
+    limit = settings.TIDEBASE_MAX_BODY_BYTES
+    body = meta["wsgi.input"].read(limit + 1)
+    if len(body) > limit:
+        return False
+    request._body = body  # what HttpRequest.body would have read
+    request._stream = io.BytesIO(body)
+    meta["CONTENT_LENGTH"] = str(len(body))
+    return True
 
 
 def _encoded_path(request: HttpRequest) -> str:
@@ -65,20 +97,16 @@ class ProtocolMiddleware:
             return response
         length = request.META.get("CONTENT_LENGTH") or "0"
         if length.isdigit() and int(length) > settings.TIDEBASE_MAX_BODY_BYTES:
-            return json_response(
-                {
-                    "error": f"request body is larger than {settings.TIDEBASE_MAX_BODY_BYTES} bytes",
-                    "code": "payload_too_large",
-                    "limit": settings.TIDEBASE_MAX_BODY_BYTES,
-                },
-                413,
-            )
+            return _too_large()
+        if "\x00" in unquote(request.path_info) or "\x00" in unquote(request.META.get("QUERY_STRING", "")):
+            body = {"error": "the URL cannot contain the NUL character (%00)", "code": "unsupported_value"}
+            return json_response(body, 400)  # Postgres stores no NUL; see jsonsafe.py for bodies
         path = request.path_info
         if path == "/health":
             return self.get_response(request)
         header = request.META.get("HTTP_AUTHORIZATION")
         if header is not None:
-            raw = header[7:] if header.startswith("Bearer ") else ""
+            raw = bearer_token(header)
         elif SSE_PATH.match(path):
             raw = request.GET.get("token") or ""
         else:
@@ -90,4 +118,6 @@ class ProtocolMiddleware:
             else:
                 return json_response({"error": "unauthorized", "code": "unauthorized"}, 401)
         request.tb_principal = principal  # type: ignore[attr-defined]
+        if not _read_chunked(request):  # after auth: never read a stranger's body
+            return _too_large()
         return self.get_response(request)

@@ -24,7 +24,10 @@ def ts(value: dt.datetime | None) -> str | None:
         return None
     if value.tzinfo is not None:
         value = value.astimezone(dt.UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    # Not strftime: its %Y does not pad years before 1000 ("119-07-10"), JS and RFC 3339 do.
+    v = value
+    ms = v.microsecond // 1000
+    return f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{ms:03d}Z"
 
 
 def num(value: Decimal | None) -> float | int | None:
@@ -153,6 +156,19 @@ def resolve_url(g: Any) -> str:
     return f"{settings.TIDEBASE_PUBLIC_URL}/runs/{g.run_id}/gates/{g.id}/resolve"
 
 
+def decide_url(g: Any) -> str:
+    """Where a human decides the gate: its card in the dashboard's approvals inbox (a login with
+    the ``resolve_gate`` permission). Channel deliveries that may not carry the resolve token
+    carry this instead."""
+    return f"{settings.TIDEBASE_PUBLIC_URL}/dashboard/#gate-{g.id}"
+
+
+SET_BY = "setByScope"
+"""Key of a stored channel dict (a gate's inline channels) holding the scope of the principal
+that configured it; run channels keep it in ``Channel.set_by_scope``. A channel delivery carries
+a gate's resolve token only when that scope may resolve gates (``auth.RESOLVER_SCOPES``)."""
+
+
 def gate_out(g: Any, *, show_token: bool) -> dict[str, Any]:
     """Full gate form. Inline channel secrets are never echoed; the resolve token only to
     callers that may resolve the gate (PROTOCOL.md §18.8, decided in docs/decisions.md)."""
@@ -171,6 +187,7 @@ def gate_out(g: Any, *, show_token: bool) -> dict[str, Any]:
         "channels": [redact_channel(c) for c in (g.channels or [])],
         "resolveToken": g.resolve_token if show_token else None,
         "resolveUrl": resolve_url(g),
+        "decideUrl": decide_url(g),
         "timeoutMs": g.timeout_ms,
         "timeoutAt": ts(g.timeout_at),
         "createdAt": ts(g.created_at),
@@ -192,11 +209,12 @@ def public_gate(g: Any, *, show_token: bool) -> dict[str, Any]:
         "capability": g.capability,
         "resolveUrl": resolve_url(g),
         "resolveToken": g.resolve_token if show_token else None,
+        "decideUrl": decide_url(g),
     }
 
 
 def redact_channel(c: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in c.items() if k != "secret"}
+    out = {k: v for k, v in c.items() if k not in ("secret", SET_BY)}
     out["hasSecret"] = bool(c.get("secret"))
     return out
 
@@ -322,9 +340,19 @@ def recovery_out(a: Any) -> dict[str, Any]:
 
 
 def delivery_out(d: Any, *, show_token: bool) -> dict[str, Any]:
+    """A channel delivery. For callers that may not resolve, the gate's resolve token is blanked
+    in the payload, and the receiver's stored answer of a delivery that carried one is withheld:
+    a receiver that echoes its request would hand the token back, and cutting out the whole
+    token is not enough (an agent can pad the gate's data so the 8000-character excerpt ends
+    inside the token, and guess the few characters left)."""
     payload = d.payload
+    response_body, error_text = d.response_body, d.error_text
     if not show_token and isinstance(payload, dict) and isinstance(payload.get("gate"), dict):
+        token = payload["gate"].get("resolveToken")
         payload = {**payload, "gate": {**payload["gate"], "resolveToken": None}}
+        if isinstance(token, str) and token:
+            response_body = WITHHELD if response_body else response_body
+            error_text = redact_text(error_text, token)
     return {
         "id": d.id,
         "runId": d.run_id,
@@ -334,12 +362,19 @@ def delivery_out(d: Any, *, show_token: bool) -> dict[str, Any]:
         "payload": payload,
         "status": d.status,
         "httpStatus": d.http_status,
-        "responseBody": d.response_body,
-        "errorText": d.error_text,
+        "responseBody": response_body,
+        "errorText": error_text,
         "attempts": d.attempts,
         "createdAt": ts(d.created_at),
         "completedAt": ts(d.completed_at),
     }
+
+
+WITHHELD = "[withheld: this delivery carried a resolve token]"
+
+
+def redact_text(text: str | None, secret: str) -> str | None:
+    return text.replace(secret, "[redacted]") if text else text
 
 
 def queue_config_out(c: Any) -> dict[str, Any]:

@@ -16,7 +16,9 @@ class DeliveryKind(models.TextChoices):
 class DeliveryAttempt(models.Model):
     """One HTTP attempt of one outbox row. Created when the attempt is claimed (before any
     network I/O), completed with its outcome afterwards; an attempt whose worker died stays
-    open until the next claim marks it ``interrupted``."""
+    open until the next claim marks it ``interrupted`` (``error``) at ``interrupted_at``. The
+    mark is kept if the attempt was only slow and reports late: its outcome (status, latency,
+    response, real ``finished_at``) is recorded next to the mark, never instead of it."""
 
     kind = models.CharField(max_length=16, choices=DeliveryKind.choices)
     delivery_id = models.CharField(max_length=40)
@@ -25,6 +27,7 @@ class DeliveryAttempt(models.Model):
     url = models.TextField()
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
+    interrupted_at = models.DateTimeField(null=True, blank=True)
     latency_ms = models.IntegerField(null=True, blank=True)
     http_status = models.IntegerField(null=True, blank=True)
     error = models.TextField(null=True, blank=True)

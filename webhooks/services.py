@@ -40,6 +40,7 @@ import httpx
 import orjson
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Case, F, TextField, Value, When
 
 from tidebase_core.models import ChannelDelivery, RecoveryAttempt
 from tidebase_core.services.events import event_append
@@ -186,7 +187,7 @@ def delivery_claim(*, kind: Kind, delivery_id: str, expected_attempts: int, trig
         row = ChannelDelivery.objects.get(id=delivery_id)
     message = build_message(kind, row)
     DeliveryAttempt.objects.filter(kind=kind, delivery_id=delivery_id, finished_at__isnull=True).update(
-        finished_at=now, error="interrupted"
+        finished_at=now, interrupted_at=now, error="interrupted"
     )
     DeliveryAttempt.objects.create(
         kind=kind,
@@ -314,16 +315,24 @@ def delivery_record(claim: Claim, outcome: Outcome, *, schedule: Sequence[float]
     attempt is scheduled, else None. A 2xx marks the row ``delivered`` even when a newer attempt
     has been claimed meanwhile (a success is a fact); a failure only reschedules when this is still
     the row's latest attempt. Final outcomes of recovery rows append ``recovery.delivered`` or
-    ``recovery.failed``. Locks the outbox row, then (for events) the run row."""
+    ``recovery.failed``.
+
+    An attempt a later claim already marked ``interrupted`` (it outlived the in-flight horizon)
+    keeps the mark: its late outcome is logged beside it. Locks in the claim's order, the outbox
+    row first, then the attempt row (then, for events, the run row): the other order deadlocks
+    with a claim marking this very attempt interrupted."""
     now = db_now()
+    row = _model(claim.kind).objects.select_for_update(of=("self",)).filter(id=claim.delivery_id).first()
     DeliveryAttempt.objects.filter(kind=claim.kind, delivery_id=claim.delivery_id, number=claim.number).update(
         finished_at=now,
         latency_ms=outcome.latency_ms,
         http_status=outcome.http_status,
-        error=outcome.error,
+        error=Case(
+            When(interrupted_at__isnull=False, then=F("error")),
+            default=Value(outcome.error, output_field=TextField()),
+        ),
         response_excerpt=outcome.response,
     )
-    row = _model(claim.kind).objects.select_for_update(of=("self",)).filter(id=claim.delivery_id).first()
     if row is None or row.status != "pending":
         return None
     if not outcome.ok and row.attempts != claim.number:

@@ -109,3 +109,54 @@ def short_id(value: str | None) -> str:
 @register.filter
 def get_item(mapping: dict[str, Any], key: str) -> Any:
     return mapping.get(key)
+
+
+@register.filter
+def timedelta_human(value: dt.timedelta | None) -> str:
+    """``timedelta(minutes=90)`` → ``1 hour 30 minutes``: the two largest whole units."""
+    if value is None:
+        return "—"
+    seconds = max(0, int(value.total_seconds()))
+    parts = []
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        amount, seconds = divmod(seconds, size)
+        if amount:
+            parts.append(f"{amount} {unit}{'' if amount == 1 else 's'}")
+    return " ".join(parts[:2]) or "0 seconds"
+
+
+_PRINCIPALS = {
+    "user": "{}",
+    "key": "API key {}",
+    "token": "resolve-token link",
+}
+_FIXED_PRINCIPALS = {
+    "anonymous": "anonymous API caller (open API)",
+    "api-key:env": "TIDEBASE_API_KEY",
+    "reconciler": "timeout",
+}
+
+
+@register.filter
+def principal(value: str | None) -> str:
+    """A gate's ``decided_by`` (the authenticated identity, ``tidebase_core.auth.Principal.label``)
+    as an operator reads it: ``user:alice`` → ``alice``, ``key:ci-bot`` → ``API key ci-bot``."""
+    if not value:
+        return "—"
+    if value in _FIXED_PRINCIPALS:
+        return _FIXED_PRINCIPALS[value]
+    kind, sep, name = value.partition(":")
+    if sep and kind in _PRINCIPALS:
+        return _PRINCIPALS[kind].format(name)
+    return value
+
+
+@register.filter
+def claimed_actor(gate: Any) -> str:
+    """The gate's free-text ``actor`` when it says something ``decided_by`` does not: what the
+    caller claimed, shown only as a labelled claim. Empty when it just repeats the principal."""
+    actor = (getattr(gate, "actor", None) or "").strip()
+    decided_by = getattr(gate, "decided_by", None) or ""
+    if not actor or actor == decided_by or (decided_by and actor == principal(decided_by)):
+        return ""
+    return actor

@@ -10,8 +10,10 @@ from django_htmx.http import trigger_client_event
 
 from dashboard import selectors
 from dashboard.forms import GateDecisionForm
+from dashboard.templatetags.dashboard import principal
 from dashboard.views._common import HtmxHttpRequest, htmx_target, permission
 from tidebase_core.exceptions import DomainError, GateAlreadyResolved
+from tidebase_core.models import Gate
 from tidebase_core.services.gates import gate_resolve
 
 TEMPLATE = "dashboard/inbox/index.html"
@@ -63,7 +65,7 @@ def gate_decide(request: HtmxHttpRequest, gate_id: str) -> HttpResponse:
         gate = selectors.gate_card(gate_id=gate_id) or gate
     if not request.htmx:
         if conflict:
-            messages.error(request, _conflict_text(gate.actor, conflict))
+            messages.error(request, _conflict_text(_decider(gate), conflict))
         elif status == 200:
             messages.success(request, f"{gate.status.capitalize()} “{gate.name}”.")
         else:
@@ -75,14 +77,22 @@ def gate_decide(request: HtmxHttpRequest, gate_id: str) -> HttpResponse:
         {
             "gate": gate,
             "form": form,
-            "conflict": _conflict_text(gate.actor, conflict) if conflict else "",
+            "conflict": _conflict_text(_decider(gate), conflict) if conflict else "",
             "mine": status == 200,
         },
         status=status,
     )
     if status in (200, 409):
-        trigger_client_event(response, "gate-decided", {"gateId": gate.id, "status": gate.status, "actor": gate.actor})
+        trigger_client_event(
+            response, "gate-decided", {"gateId": gate.id, "status": gate.status, "actor": _decider(gate)}
+        )
     return response
+
+
+def _decider(gate: Gate) -> str | None:
+    """Who decided, as the operator reads it: the authenticated ``decided_by``, never the
+    caller's free-text ``actor`` (except for gates decided before ``decided_by`` existed)."""
+    return principal(gate.decided_by) if gate.decided_by else gate.actor
 
 
 def _conflict_text(actor: str | None, message: str) -> str:

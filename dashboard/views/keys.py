@@ -11,15 +11,23 @@ from dashboard import selectors
 from dashboard.forms import ApiKeyForm
 from dashboard.services import api_key_create, api_key_revoke
 from dashboard.views._common import HtmxHttpRequest, permission
+from tidebase_core.auth import access
 from tidebase_core.exceptions import Conflict, NotFound
 
 TEMPLATE = "dashboard/keys/index.html"
 
 
+def _context(**extra: object) -> dict[str, object]:
+    """The key list and what the API asks of clients (``TIDEBASE_AUTH``), computed from the list
+    itself: any key row, revoked or not, means keys are in use."""
+    keys = selectors.api_keys()
+    return {"keys": keys, "access": access(keys_in_use=bool(keys)), **extra}
+
+
 @require_GET
 @permission("manage_api_keys")
 def key_list(request: HtmxHttpRequest) -> HttpResponse:
-    return render(request, TEMPLATE, {"keys": selectors.api_keys(), "form": ApiKeyForm()})
+    return render(request, TEMPLATE, _context(form=ApiKeyForm()))
 
 
 @require_POST
@@ -37,9 +45,7 @@ def key_create(request: HtmxHttpRequest) -> HttpResponse:
             form.add_error("name", exc.message)
     if not form.is_valid() and created is None:
         status = 422
-    response = render(
-        request, TEMPLATE, {"keys": selectors.api_keys(), "form": form, "created": created}, status=status
-    )
+    response = render(request, TEMPLATE, _context(form=form, created=created), status=status)
     response["Cache-Control"] = "no-store"
     return response
 
@@ -52,4 +58,11 @@ def key_revoke(request: HtmxHttpRequest, key_id: str) -> HttpResponse:
     except NotFound as exc:
         raise Http404(exc.message) from exc
     messages.success(request, f"Revoked “{key.name}”. Agents using it are refused within seconds.")
+    keys = selectors.api_keys()
+    if all(k.revoked_at is not None for k in keys) and access(keys_in_use=bool(keys)).required:
+        messages.warning(
+            request,
+            "No active key remains. The API stays closed: every client gets 401 until you create a "
+            "key (or set TIDEBASE_AUTH=open).",
+        )
     return redirect("dashboard:keys")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
+from decimal import Decimal
 
 from django.http import HttpResponseBase, StreamingHttpResponse
 from django.shortcuts import render
@@ -12,6 +13,22 @@ from django.views.decorators.http import require_GET
 from dashboard import selectors
 from dashboard.forms import UsageRangeForm
 from dashboard.views._common import HtmxHttpRequest, permission
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection")."""
+
+
+def csv_cell(value: object) -> object:
+    """One CSV cell. Text that a spreadsheet would run as a formula (a workflow named
+    ``=HYPERLINK(...)``) gets a leading ``'``, so it is shown as text; a Decimal is written in
+    plain fixed-point (``0``, ``0.0125``), never in exponent form (``0E-10``)."""
+    if value is None:
+        return ""
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f") if value.is_finite() else str(value)
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
 
 
 class _Echo:
@@ -51,7 +68,7 @@ def _csv(since: object, until: object) -> StreamingHttpResponse:
         yield writer.writerow(columns)
         for row in rows.iterator(chunk_size=2000):
             values = {**row, "day": row["day"].isoformat()}
-            yield writer.writerow([("" if values[k] is None else values[k]) for k in keys])
+            yield writer.writerow([csv_cell(values[k]) for k in keys])
 
     name = f"tidebase-usage-{since:%Y%m%d}-{until:%Y%m%d}.csv"
     response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")

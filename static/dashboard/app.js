@@ -19,6 +19,14 @@
     if (d.status) toast("Gate " + d.status + (d.actor ? " by " + d.actor : "") + ".");
   });
 
+  // <form data-confirm="Sure?">: ask before a plain (non-htmx) form submits. Inline onsubmit
+  // handlers are refused by the Content-Security-Policy; htmx forms use hx-confirm.
+  document.addEventListener("submit", function (evt) {
+    var form = evt.target;
+    var text = form && form.getAttribute && form.getAttribute("data-confirm");
+    if (text && !window.confirm(text)) evt.preventDefault();
+  }, true);
+
   document.body.addEventListener("htmx:responseError", function (evt) {
     var xhr = evt.detail.xhr;
     var msg = xhr.status === 403 ? "You do not have permission to do that."

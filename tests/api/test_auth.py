@@ -3,17 +3,22 @@ server with ``TIDEBASE_API_KEY`` set and app keys stored hashed in ``ApiKey``.""
 
 from __future__ import annotations
 
+import io
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+from django.core.management import call_command
 from django.utils import timezone
 
-from tests.conftest import start_live_server
+from tests.conftest import ROOT, start_live_server
 from tidebase_core.auth import hash_key
-from tidebase_core.models import ApiKey, Event, Gate, Run
+from tidebase_core.models import ApiKey, Event, Gate, Run, Step
 
 pytestmark = pytest.mark.django_db(transaction=True, available_apps=["tidebase_core"])
 
@@ -83,16 +88,14 @@ def gate_resolved_events(run_id: str) -> int:
     "headers",
     [
         {},
-        {"Authorization": "bearer secret"},
-        {"Authorization": "Bearer  secret"},
         {"Authorization": "Bearer wrong"},
         {"Authorization": "Bearer secretx"},
         {"Authorization": "secret"},
         {"Authorization": "Basic c2VjcmV0"},
     ],
-    ids=["none", "lowercase", "two-spaces", "wrong", "longer", "bare", "basic"],
-)
-def test_auth__without_exactly_bearer_and_the_key_is_401(http: httpx.Client, headers: dict[str, str]) -> None:
+    ids=["none", "wrong", "longer", "bare", "basic"],
+)  # the scheme's case and extra spaces: tests/api/test_transport.py (RFC 7235, issue #12)
+def test_auth__without_bearer_and_the_key_is_401(http: httpx.Client, headers: dict[str, str]) -> None:
     before = Run.objects.count()
 
     listed = http.get("/runs", headers=headers)
@@ -356,3 +359,111 @@ def test_token_only__opens_no_other_route(http: httpx.Client) -> None:
 
     assert poll.status_code == cancel.status_code == 401
     assert Run.objects.get(id=gated.run).status == "running"
+
+
+# --- TIDEBASE_AUTH: once keys are in use the API stays closed (issue #12, item 2) ---------------------
+
+
+@pytest.fixture(scope="module")
+def auto_server(test_database_url: str) -> Iterator[str]:
+    """TIDEBASE_AUTH=auto (the default) and no env key: open until the first app key exists."""
+    live = start_live_server(test_database_url)
+    yield live.url
+    live.stop()
+
+
+def test_auto__the_first_key_closes_the_api_and_revoking_every_key_keeps_it_closed(auto_server: str) -> None:
+    with httpx.Client(base_url=auto_server, timeout=30) as client:
+        open_before = client.get("/runs")
+        headers = app_key("first", "agent")
+        closed = client.get("/runs")
+        created = client.post("/runs/auth", json={}, headers=headers)
+
+        ApiKey.objects.update(revoked_at=timezone.now())  # revoke every key
+        after_revoke = [client.get("/runs"), client.post("/runs/auth", json={}), client.get("/runs", headers=headers)]
+
+    assert open_before.status_code == 200
+    assert closed.status_code == 401
+    assert created.status_code == 200
+    assert [r.status_code for r in after_revoke] == [401, 401, 401]
+    assert all(r.json() == {"error": "unauthorized", "code": "unauthorized"} for r in after_revoke)
+    assert Run.objects.count() == 1  # only the keyed create
+
+
+def test_auto__the_hot_path_stays_closed_too(auto_server: str) -> None:
+    run = Run.objects.create(workflow_name="wf", status="running", lease_owner="w")
+    app_key("gone", "admin", revoked=True)
+
+    with httpx.Client(base_url=auto_server, timeout=30) as client:
+        begin = client.post(f"/runs/{run.id}/steps/begin", json={"name": "s", "inputHash": "h", "leaseOwner": "w"})
+
+    assert begin.status_code == 401
+    assert not Step.objects.filter(run_id=run.id).exists()
+
+
+def test_required__closes_the_api_with_no_key_anywhere(test_database_url: str) -> None:
+    live = start_live_server(test_database_url, TIDEBASE_AUTH="required")
+    try:
+        with httpx.Client(base_url=live.url, timeout=30) as client:
+            listed = client.get("/runs")
+            health = client.get("/health")
+            keyed = client.get("/runs", headers=app_key("ops", "operator"))
+    finally:
+        live.stop()
+
+    assert (listed.status_code, listed.json()["code"]) == (401, "unauthorized")
+    assert health.status_code == 200
+    assert keyed.status_code == 200
+
+
+def test_open__opens_the_api_deliberately_even_with_keys(test_database_url: str) -> None:
+    app_key("ops", "operator")
+    live = start_live_server(test_database_url, TIDEBASE_AUTH="open", TIDEBASE_API_KEY="secret")
+    try:
+        with httpx.Client(base_url=live.url, timeout=30) as client:
+            listed = client.get("/runs")
+    finally:
+        live.stop()
+
+    assert listed.status_code == 200
+
+
+def test_an_unknown_auth_mode_refuses_to_start() -> None:
+    done = subprocess.run(
+        [sys.executable, "manage.py", "tidebase_key", "status"],
+        cwd=ROOT,
+        env={**os.environ, "TIDEBASE_AUTH": "closed-ish"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode != 0
+    assert "TIDEBASE_AUTH must be auto, required or open" in done.stderr
+
+
+def test_tidebase_key__warns_on_the_first_key_and_on_revoking_the_last(settings: Any) -> None:
+    settings.TIDEBASE_API_KEY = None
+    settings.TIDEBASE_AUTH = "auto"
+
+    def run(*args: str) -> tuple[str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        call_command("tidebase_key", *args, stdout=out, stderr=err)
+        return out.getvalue(), err.getvalue()
+
+    status_before, _ = run("status")
+    _, first = run("create", "one", "--scope", "agent")
+    _, second = run("create", "two", "--scope", "operator")
+    status_during, _ = run("status")
+    _, revoke_one = run("revoke", "one")
+    _, revoke_last = run("revoke", "two")
+    status_after, _ = run("status")
+
+    assert status_before.startswith("API open to everyone: no key was ever created")
+    assert "first API key, so the API is now closed" in first
+    assert "first API key" not in second
+    assert status_during.startswith("API closed")
+    assert "revoked ones count" in status_during
+    assert "no active key remains" not in revoke_one
+    assert "no active key remains: the API stays closed" in revoke_last
+    assert status_after == status_during

@@ -17,6 +17,7 @@ from config import wsgi
 from tests.api.test_protocol_routes import STEP_KEYS, begun
 from tidebase_core.api import hotpath
 from tidebase_core.auth import key_cache
+from tidebase_core.models import Step
 from tidebase_core.services import runs as run_services
 
 pytestmark = pytest.mark.django_db(transaction=True, available_apps=["tidebase_core"])
@@ -78,6 +79,58 @@ def test_what_the_hot_path_declines_still_gets_a_clear_4xx(
     assert body["error"]
     if code is not None:
         assert body["code"] == code
+
+
+# Bodies the framework refuses (issue #12, items 7 and 8). The hot path used to validate with
+# pydantic's own JSON parser: it took ``1e400`` (and stored the step input as null) and a null
+# ``leaseOwner``; now it parses and validates exactly as ninja does, and hands these on.
+REFUSED_BEGINS: list[tuple[bytes, str]] = [
+    (b'{"name": "s", "inputHash": "h", "leaseOwner": null}', "invalid_request"),
+    (b'{"name": "s", "inputHash": "h", "input": 1e400}', "unsupported_value"),
+    (b'{"name": "s", "inputHash": "h", "input": {"n": [-1E+999]}}', "unsupported_value"),
+    (b'{"name": "s", "inputHash": "h", "input": NaN}', "invalid_json"),
+    (b'{"name": "s", "inputHash": "h", "input": "\\u0000"}', "unsupported_value"),
+    (b'{"name": "s", "inputHash": "h", "options": null}', "invalid_request"),
+    (b'{"name": "s", "inputHash": 5}', "invalid_request"),
+    (b'{"name": "s", "inputHash": "h", "leaseOwner": 7}', "invalid_request"),
+]
+REFUSED_COMPLETES: list[tuple[bytes, str]] = [
+    (b'{"leaseOwner": null}', "invalid_request"),
+    (b'{"leaseOwner": "<owner>", "output": 1e400}', "unsupported_value"),
+    (b'{"leaseOwner": "<owner>", "output": {"\\u0000": 1}}', "unsupported_value"),
+    (b'{"leaseOwner": true, "output": 1}', "invalid_request"),
+]
+
+
+@pytest.mark.parametrize(("content", "code"), REFUSED_BEGINS)
+def test_step_begin__hot_and_framework_paths_refuse_alike(api: httpx.Client, content: bytes, code: str) -> None:
+    run_id, owner = begun(api)
+    headers = {"content-type": "application/json"}
+
+    answers = [
+        api.post(f"/runs/{rid}/steps/begin", content=content.replace(b"<owner>", owner.encode()), headers=headers)
+        for rid in (run_id, encoded(run_id))
+    ]
+
+    assert [(r.status_code, r.json()["code"]) for r in answers] == [(400, code), (400, code)]
+    assert answers[0].json() == answers[1].json()
+    assert Step.objects.filter(run_id=run_id).count() == 0
+
+
+@pytest.mark.parametrize(("content", "code"), REFUSED_COMPLETES)
+def test_step_complete__hot_and_framework_paths_refuse_alike(api: httpx.Client, content: bytes, code: str) -> None:
+    run_id, owner = begun(api)
+    step = api.post(f"/runs/{run_id}/steps/begin", json={"name": "s", "inputHash": "h", "leaseOwner": owner}).json()
+    body = content.replace(b"<owner>", owner.encode())
+    headers = {"content-type": "application/json"}
+
+    answers = [
+        api.post(f"/runs/{rid}/steps/{step['step']['id']}/complete", content=body, headers=headers)
+        for rid in (run_id, encoded(run_id))
+    ]
+
+    assert [(r.status_code, r.json()["code"]) for r in answers] == [(400, code), (400, code)]
+    assert Step.objects.get(id=step["step"]["id"]).status == "running"
 
 
 def test_domain_errors_from_the_hot_path(api: httpx.Client) -> None:
@@ -148,6 +201,25 @@ def test_the_env_key_is_required_when_set(settings: Any) -> None:
     assert serve(environ(path, body)) == (None, None)  # the framework answers 401
     assert serve(environ(path, body, HTTP_AUTHORIZATION="Bearer wrong")) == (None, None)
     assert serve(environ(path, body, HTTP_AUTHORIZATION="Bearer secret"))[0] == "200 OK"
+
+
+def test_the_bearer_scheme_is_case_insensitive_on_the_hot_path(settings: Any) -> None:
+    settings.TIDEBASE_API_KEY = "secret"
+    run = run_services.run_create(workflow_name="wf")
+    path = f"/runs/{run.id}/steps/begin"
+    for i, header in enumerate(["bearer secret", "BEARER secret", "Bearer  secret"]):
+        body = json.dumps({"name": f"s{i}", "inputHash": "h"}).encode()
+        assert serve(environ(path, body, HTTP_AUTHORIZATION=header))[0] == "200 OK", header
+    assert serve(environ(path, body, HTTP_AUTHORIZATION="Basic secret")) == (None, None)  # framework: 401
+
+
+@pytest.mark.parametrize(("content", "_code"), REFUSED_BEGINS)
+def test_the_hot_path_hands_refused_begins_to_the_framework(content: bytes, _code: str) -> None:
+    run = run_services.run_create(workflow_name="wf")
+    path = f"/runs/{run.id}/steps/begin"
+
+    assert serve(environ(path, content)) == (None, None)
+    assert not Step.objects.filter(run_id=run.id).exists()
 
 
 def test_a_dead_database_connection_gets_a_json_500_then_a_fresh_connection() -> None:

@@ -3,14 +3,21 @@ body ``{"error": <str>, "code": <str>, ...}`` (never a 5xx, never HTML) and writ
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+from django.db import DataError, connection, transaction
+from django.test import RequestFactory
 
+from config.api import api
 from tests.conftest import start_live_server
+from tidebase_core import wire
 from tidebase_core.models import Event, Gate, Run, Step, UsageRecord
 from tidebase_core.services import gates, runs, state, steps
 
@@ -188,18 +195,52 @@ def test_body_routes__with_only_optional_fields_refuse_a_body_that_is_not_an_obj
     assert refusals(api, world, cases, 400) == []
 
 
-def test_cancel__reads_a_malformed_body_as_empty(api: httpx.Client, world: World) -> None:
-    response = api.post(f"/runs/{world.run}/cancel", **raw(b"{nope"))
+def test_cancel__no_body_reads_as_empty(api: httpx.Client, world: World) -> None:
+    response = api.post(f"/runs/{world.run}/cancel", **raw(b""))
 
     assert response.status_code == 200
     assert response.json()["run"]["status"] == "cancelled"
     assert response.json()["run"]["cancelReason"] is None
 
 
-def test_recover__reads_a_malformed_body_as_empty(api: httpx.Client, world: World) -> None:
-    response = api.post(f"/runs/{world.run}/recover", **raw(b"{nope"))
+def test_recover__no_body_reads_as_empty(api: httpx.Client, world: World) -> None:
+    response = api.post(f"/runs/{world.run}/recover", **raw(b""))
 
-    assert_error(response, 422, "no_recovery_webhook")  # parsed as {}; the run has no webhook
+    assert_error(response, 422, "no_recovery_webhook")  # read as {}; the run has no webhook
+
+
+def test_cancel_and_recover__a_null_reason_reads_as_absent(api: httpx.Client, world: World) -> None:
+    """The official client's ``runs.recover(run_id, reason=None)`` sends ``{"reason": null}``."""
+    recovered = api.post(f"/runs/{world.run}/recover", json={"reason": None})
+    cancelled = api.post(f"/runs/{world.run}/cancel", json={"reason": None, "actor": None})
+
+    assert_error(recovered, 422, "no_recovery_webhook")  # got past validation
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["run"]["cancelReason"] is None
+
+
+@pytest.mark.parametrize(
+    ("content", "code"),
+    [
+        (b"{nope", "invalid_json"),
+        (b"[]", "invalid_request"),
+        (b'"cancel"', "invalid_request"),
+        (b"null", "invalid_request"),
+        (b'{"reason": 5}', "invalid_request"),
+        (b'{"reason": ["me"]}', "invalid_request"),
+        (b'{"reason": "a\\u0000b"}', "unsupported_value"),
+    ],
+)
+@pytest.mark.parametrize("route", ["cancel", "recover"])
+def test_optional_bodies__a_body_that_is_sent_must_be_valid(
+    api: httpx.Client, world: World, route: str, content: bytes, code: str
+) -> None:
+    """Upstream reads an unparsable cancel/recover body as {}: here only an absent one is (the
+    schema and the server agree; docs/decisions.md)."""
+    method, template = OPTIONAL_BODY_ROUTES[route]
+
+    assert refusals(api, world, [(route, method, world.path(template), raw(content))], 400, code) == []
+    assert Run.objects.get(id=world.run).status == "running"
 
 
 # --- missing required fields -----------------------------------------------------------------------
@@ -292,15 +333,142 @@ def test_body_routes__wrong_types_are_400_invalid_request_and_write_nothing(api:
     assert refusals(api, world, cases, 400, "invalid_request") == []
 
 
-def test_steps_begin__a_null_lease_owner_is_read_as_absent(api: httpx.Client, world: World) -> None:
-    """A deliberate relaxation of §1 (schemas.py): null optional fields mean "absent"."""
-    response = api.post(f"/runs/{world.run}/steps/begin", json={"name": "s2", "inputHash": "h", "leaseOwner": None})
+# --- issue #12, item 7: JSON types, nothing looser ------------------------------------------------
 
-    assert response.status_code == 200
-    body = response.json()
-    assert body["action"] == "execute"
-    assert isinstance(body["leaseOwner"], str)
-    assert body["leaseOwner"] == body["step"]["leaseOwner"]
+QUEUE_ROUTES = {
+    "enqueue": ("POST", "/queues/q/enqueue"),
+    "claim": ("POST", "/queues/claim"),
+    "queue_config": ("PUT", "/queues/q/config"),
+    "schedule": ("PUT", "/schedules/s"),
+}
+ROUTES = {**BODY_ROUTES, **QUEUE_ROUTES}
+STEP = {"name": "s2", "inputHash": "h"}
+GATE = {"name": "g2", "prompt": "p"}
+ENQUEUE = {"workflowName": "w"}
+SCHEDULE = {"cron": "* * * * *", "workflowName": "w"}
+
+# Strings are not booleans or numbers; numbers and booleans are not strings; null is not a string,
+# number, boolean, object or array. Each was accepted (coerced, or read as "absent") before.
+LOOSE_TYPES: list[tuple[str, dict[str, Any]]] = [
+    ("steps_begin", {**STEP, "leaseOwner": None}),
+    ("step_fail", {"leaseOwner": OWNER, "retryable": "y"}),
+    ("step_fail", {"leaseOwner": OWNER, "retryable": "true"}),
+    ("step_fail", {"leaseOwner": OWNER, "retryable": 1}),
+    ("step_fail", {"leaseOwner": OWNER, "retryable": None}),
+    ("step_fail", {"leaseOwner": OWNER, "resumeDecision": None}),
+    ("heartbeat", {"leaseOwner": None}),
+    ("heartbeat", {}),
+    ("create", {"metadata": None}),
+    ("create", {"channels": None}),
+    ("create", {"recoveryWebhook": None}),
+    ("create", {"channels": [{"type": "webhook", "url": "http://example.com/h", "events": None}]}),
+    ("fail", {"failureClass": None}),
+    ("children", {"name": "e", "workflowName": "c", "edgeType": None}),
+    ("steps_begin", {**STEP, "options": None}),
+    ("gates_begin", {**GATE, "timeoutMs": "1000"}),
+    ("gates_begin", {**GATE, "timeoutMs": True}),
+    ("gates_begin", {**GATE, "timeoutMs": None}),
+    ("gates_begin", {**GATE, "channels": None}),
+    ("resolve", {"decision": "approved", "actor": None}),
+    ("put_state", {"value": 1, "stream": None}),
+    ("put_state", {"value": 1, "importance": None}),
+    ("patch_state", {"value": 1, "label": None}),
+    ("save_state", {"label": "l", "metadata": None}),
+    ("snapshot", {"label": "l", "target": None}),
+    ("usage", {"inputTokens": "5"}),
+    ("usage", {"inputTokens": True}),
+    ("usage", {"inputTokens": 1.5}),
+    ("usage", {"costUsd": "1.5"}),
+    ("usage", {"quantity": False}),
+    ("usage", {"kind": None}),
+    ("usage", {"model": 4}),
+    ("enqueue", {**ENQUEUE, "maxAttempts": "3"}),
+    ("enqueue", {**ENQUEUE, "priority": True}),
+    ("enqueue", {**ENQUEUE, "delayMs": "10"}),
+    ("enqueue", {**ENQUEUE, "runAt": 1700000000}),
+    ("enqueue", {**ENQUEUE, "dedupeKey": None}),
+    ("claim", {"queues": ["q"], "limit": "2"}),
+    ("claim", {"queues": ["q"], "leaseOwner": None}),
+    ("claim", {"queues": "q"}),
+    ("queue_config", {"paused": "yes"}),
+    ("queue_config", {"concurrency": "3"}),
+    ("schedule", {**SCHEDULE, "enabled": "true"}),
+    ("schedule", {**SCHEDULE, "enabled": 0}),
+    ("schedule", {**SCHEDULE, "maxAttempts": "2"}),
+    ("schedule", {**SCHEDULE, "cron": "0 9 * * MON"}),
+]
+
+
+def test_body_routes__loose_types_are_400_invalid_request_and_write_nothing(api: httpx.Client, world: World) -> None:
+    cases = [
+        (f"{route} {body}", ROUTES[route][0], world.path(ROUTES[route][1]), {"json": with_owner(body, world)})
+        for route, body in LOOSE_TYPES
+    ]
+
+    assert refusals(api, world, cases, 400, "invalid_request") == []
+
+
+def test_enqueue__run_at_offsets_beyond_what_postgres_takes_are_read_in_utc(api: httpx.Client) -> None:
+    """Found by schemathesis: ISO-8601 allows ``+17:20``, Postgres does not (a 400 quoting SQL)."""
+    response = api.post("/queues/q/enqueue", json={"workflowName": "w", "runAt": "2026-06-10T10:01:28.5386+17:20"})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["run"]["runAt"] == "2026-06-09T16:41:28.538Z"
+
+
+@pytest.mark.parametrize("run_at", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-05:00", "1969-12-31T23:59:59Z"])
+def test_enqueue__run_at_outside_the_years_1970_to_9989_is_400(api: httpx.Client, world: World, run_at: str) -> None:
+    """Found by schemathesis: in UTC, 0001-01-01T00:00:00+01:00 is in the year 0."""
+    case = ("enqueue", "POST", "/queues/q/enqueue", {"json": {"workflowName": "w", "runAt": run_at}})
+
+    assert refusals(api, world, [case], 400, "invalid_request") == []
+
+
+def test_wire_timestamps__years_before_1000_keep_four_digits() -> None:
+    """Found by schemathesis (a run answered ``"runAt": "119-07-10T..."``): strftime's %Y does not
+    pad; JS ``toISOString`` and RFC 3339 do."""
+    assert wire.ts(dt.datetime(119, 7, 10, 23, 46, 5, 600_000, tzinfo=dt.UTC)) == "0119-07-10T23:46:05.600Z"
+    assert wire.ts(dt.datetime(2026, 1, 2, 3, 4, 5, 6_000, tzinfo=dt.UTC)) == "2026-01-02T03:04:05.006Z"
+
+
+def test_steps_begin__a_null_lease_owner_names_the_field(api: httpx.Client, world: World) -> None:
+    response = api.post(f"/runs/{world.run}/steps/begin", json={**STEP, "leaseOwner": None})
+
+    body = assert_error(response, 400, "invalid_request")
+    assert body["issues"] == [
+        {
+            "code": "value_error",
+            "path": ["leaseOwner"],
+            "message": "Value error, must not be null (omit the field instead)",
+        }
+    ]
+
+
+# JSON semantics, kept: an integral number is an integer, an integer is a number, and "any JSON"
+# fields (and the queue-config caps, where null means "keep") take null. The official client
+# sends ``input: null``, ``capability: null``, ``data: {}``, ``channels: []`` (§19.3, §19.5).
+ACCEPTED: list[tuple[str, dict[str, Any]]] = [
+    ("steps_begin", {**STEP, "input": None, "options": {}, "leaseOwner": OWNER}),
+    ("gates_begin", {**GATE, "data": {}, "channels": [], "capability": None, "timeoutMs": 60000.0}),
+    ("step_fail", {"leaseOwner": OWNER, "retryable": False, "error": None}),
+    ("usage", {"inputTokens": 5.0, "costUsd": 1, "quantity": 2}),
+    ("complete", {"result": None}),
+    ("put_state", {"value": None}),
+    ("enqueue", {**ENQUEUE, "maxAttempts": 2.0, "input": None, "runAt": "2030-01-01T00:00:00+02:00"}),
+    ("queue_config", {"concurrency": None, "ratePerMinute": None, "invokeUrl": None, "paused": None}),
+    ("schedule", {**SCHEDULE, "cron": "*/15 0-6,22 1 1-12/2 0,7", "maxAttempts": 3.0, "enabled": False}),
+]
+
+
+@pytest.mark.parametrize(("route", "body"), ACCEPTED, ids=[f"{r}-{i}" for i, (r, _) in enumerate(ACCEPTED)])
+def test_body_routes__json_semantics_are_kept(
+    api: httpx.Client, world: World, route: str, body: dict[str, Any]
+) -> None:
+    method, template = ROUTES[route]
+
+    response = api.request(method, world.path(template), json=with_owner(body, world))
+
+    assert response.status_code == 200, response.text
 
 
 def test_usage__a_step_id_of_another_run_is_refused(api: httpx.Client, world: World) -> None:
@@ -519,6 +687,114 @@ def test_create_run__a_nul_character_in_the_workflow_name_is_a_4xx(api: httpx.Cl
 
     assert_error(response, 400)
     assert Run.objects.count() == before
+
+
+# --- issue #12, item 8: no database text in any answer ----------------------------------------------
+
+DATABASE_WORDS = ("INSERT", "UPDATE", "SELECT", "LINE ", "DETAIL", "CONTEXT", "psycopg", "PostgreSQL", "jsonb", "tb_")
+
+
+def database_text(response: httpx.Response) -> list[str]:
+    """Words of a database error message (statement text, Postgres details) in an answer."""
+    return [word for word in DATABASE_WORDS if word in response.text]
+
+
+BIG = "1e400"  # valid JSON; no double holds it (it parses as infinity)
+UNSTORABLE_NUMBERS: list[tuple[str, str]] = [
+    ("create", '{"input": %s}'),
+    ("create", '{"metadata": {"n": [%s]}}'),
+    ("complete", '{"result": %s}'),
+    ("fail", '{"error": {"n": -%s}}'),
+    ("children", '{"name": "e", "workflowName": "c", "input": %s}'),
+    ("steps_begin", '{"name": "s2", "inputHash": "h", "input": %s}'),
+    ("steps_begin", '{"name": "s2", "inputHash": "h", "options": {"timeoutMs": %s}}'),
+    ("step_complete", '{"leaseOwner": "<owner>", "output": %s}'),
+    ("step_fail", '{"leaseOwner": "<owner>", "error": %s}'),
+    ("gates_begin", '{"name": "g2", "prompt": "p", "data": %s}'),
+    ("resolve", '{"decision": "approved", "payload": %s}'),
+    ("put_state", '{"value": %s}'),
+    ("patch_state", '{"value": {"n": %s}}'),
+    ("snapshot", '{"label": "l", "state": %s}'),
+    ("usage", '{"metadata": {"n": %s}}'),
+    ("usage", '{"quantity": %s}'),
+]
+
+
+@pytest.mark.parametrize("big", [BIG, "1" + "0" * 210 + "e99"])  # the second: no 3-digit exponent
+def test_body_routes__a_number_beyond_a_double_is_400_unsupported_value_and_writes_nothing(
+    api: httpx.Client, world: World, big: str
+) -> None:
+    """``{"value": 1e400}`` used to answer with a fragment of an UPDATE statement, and the WSGI
+    hot path stored the step input as null; now every route refuses it before any SQL."""
+    before_run = api.get(f"/runs/{world.run}").json()
+    cases = [
+        (f"{route} {template}", BODY_ROUTES[route][0], world.path(BODY_ROUTES[route][1]), raw(body.encode()))
+        for route, template in UNSTORABLE_NUMBERS
+        for body in [(template % big).replace("<owner>", world.owner)]
+    ]
+
+    assert refusals(api, world, cases, 400, "unsupported_value") == []
+    after_run = api.get(f"/runs/{world.run}").json()
+    for key in ("run", "steps", "gates", "state", "stateVersions", "usage", "events"):
+        assert after_run[key] == before_run[key], key
+
+
+def test_body_routes__large_finite_numbers_are_stored(api: httpx.Client, world: World) -> None:
+    response = api.put(f"/runs/{world.run}/state", **raw(b'{"value": [1e300, -1.5e-300, 1e100]}'))
+
+    assert response.status_code == 200, response.text
+    assert response.json()["state"]["value"] == [1e300, -1.5e-300, 1e100]
+
+
+def unstorable_requests(world: World) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """Requests Postgres refuses, each through a different path to the database error."""
+    nul_bodies = [
+        (
+            f"{route} {body!r}",
+            BODY_ROUTES[route][0],
+            world.path(BODY_ROUTES[route][1]),
+            {"json": with_owner(body, world)},
+        )
+        for route, body in NUL_CASES
+    ]
+    return [
+        *nul_bodies,
+        ("number", "PUT", f"/runs/{world.run}/state", raw(b'{"value": 1e400}')),
+        ("nul in path", "POST", "/runs/a%00b", {"json": {}}),
+        ("nul in query", "GET", f"/runs/{world.run}/state/versions?stream=%00", {}),
+        ("nul in cancel", "POST", f"/runs/{world.run}/cancel", raw(b'{"reason": "\\u0000"}')),
+        # a key too long for a btree index row: reaches the database, ProgramLimitExceeded
+        ("index row", "PUT", f"/schedules/{secrets.token_urlsafe(3000)}", {"json": SCHEDULE}),
+    ]
+
+
+def test_errors__never_carry_database_text(api: httpx.Client, world: World) -> None:
+    problems = []
+    for label, method, url, kwargs in unstorable_requests(world):
+        response = api.request(method, url, **kwargs)
+        problem = error_problem(response, 400, "unsupported_value")
+        if problem is not None:
+            problems.append(f"{label}: {problem}")
+        elif database_text(response):
+            problems.append(f"{label}: {database_text(response)} in {response.text[:300]}")
+
+    assert problems == []
+
+
+def test_errors__a_database_error_that_still_occurs_is_answered_without_its_text() -> None:
+    """What the API answers for a ``DataError`` no check caught: a real one from Postgres, whose
+    message quotes the statement, through the API's own exception handler."""
+    with pytest.raises(DataError) as caught, transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("UPDATE tb_run SET input = %s::jsonb WHERE id = %s", ['{"t": "\\u0000"}', UNKNOWN_RUN])
+    assert "UPDATE tb_run" in str(caught.value)  # what used to reach the answer
+
+    response = api.on_exception(RequestFactory().post("/runs/x/complete"), caught.value)
+
+    assert response.status_code == 400
+    assert json.loads(response.content) == {
+        "error": "a value in the request cannot be stored (out of range, too long, or a NUL character)",
+        "code": "unsupported_value",
+    }
 
 
 # --- large values ------------------------------------------------------------------------------------

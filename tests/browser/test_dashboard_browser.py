@@ -161,8 +161,17 @@ def test_runs_filter_and_usage_charts(live_server_url: str, login: Any) -> None:
     shot(dark, "webhooks-dark")
     dark.goto("/dashboard/keys/")
     dark.get_by_label("Name").fill("triage-bot")
+    asked: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        asked.append(dialog.message)
+        dialog.accept()
+
+    dark.once("dialog", accept)  # the first key closes the API: the page asks first (data-confirm)
     dark.get_by_role("button", name="Create key").click()
     expect(dark.locator("#new-key .secret")).to_contain_text("tb_")
+    assert len(asked) == 1
+    assert "closes the API" in asked[0]
     shot(dark, "keys-dark")
 
 

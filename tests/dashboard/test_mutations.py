@@ -131,6 +131,23 @@ def test_gate_decide__bad_payload_is_422_and_changes_nothing(
     assert Gate.objects.get(id=gate.id).status == "pending"
 
 
+@pytest.mark.parametrize("payload", ['{"note": "a\\u0000b"}', '{"\\u0000": 1}', '{"budget": 1e400}', '{"n": [NaN]}'])
+def test_gate_decide__a_payload_postgres_cannot_store_is_422_not_a_500(
+    clients: dict[str, Client], targets: tuple[Run, Gate, ApiKey], payload: str
+) -> None:
+    """Issue #12, item 8: a NUL character or a number beyond a double used to reach Postgres."""
+    _, gate, _ = targets
+    url = reverse("dashboard:gate-decide", args=[gate.id])
+
+    response = clients["approver"].post(
+        url, {"decision": "approved", "payload": payload}, headers={"HX-Request": "true"}
+    )
+
+    assert response.status_code == 422
+    assert b"The payload cannot be stored" in response.content
+    assert Gate.objects.get(id=gate.id).status == "pending"
+
+
 def test_gate_decide__second_decision_sees_already_decided_by(
     clients: dict[str, Client], targets: tuple[Run, Gate, ApiKey]
 ) -> None:

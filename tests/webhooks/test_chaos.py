@@ -44,9 +44,11 @@ def test_sigkill_during_1000_deliveries_loses_nothing(start_worker, receiver: Re
     assert set(by_id) == set(ids)  # 0 lost, and nothing sent that was not asked for
     logged = Counter(DeliveryAttempt.objects.filter(delivery_id__in=ids).values_list("delivery_id", flat=True))
     rows = dict(ChannelDelivery.objects.filter(id__in=ids).values_list("id", "attempts"))
-    interrupted = set(
-        DeliveryAttempt.objects.filter(delivery_id__in=ids, error="interrupted").values_list("delivery_id", "number")
-    )
+    # The mark survives an attempt that was only slow and reported after the next claim (a
+    # loaded machine); test_delivery.py drives that order explicitly.
+    marked = DeliveryAttempt.objects.filter(delivery_id__in=ids, interrupted_at__isnull=False)
+    assert set(marked.values_list("error", flat=True)) <= {"interrupted"}
+    interrupted = set(marked.values_list("delivery_id", "number"))
     duplicated = 0
     for delivery_id, receipts in by_id.items():
         numbers = [r.attempt for r in receipts]

@@ -4,18 +4,28 @@ schedule, a receiver that is down then back, a hung receiver, dead-lettering, re
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import itertools
 import json
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+import psycopg
 import pytest
 from django.core.management import call_command
+from django.db import connection
+from django.db.models.functions import Now
 
 from tidebase.webhooks import verify, verify_webhook_signature
 from tidebase_core.models import ChannelDelivery, Event, RecoveryAttempt
+from webhooks import services
 from webhooks.models import DeliveryAttempt
+from webhooks.ssrf import AddressPolicy
 
 from .conftest import Receiver, wait_for
 from .helpers import channel_deliveries, recovery_row
@@ -106,10 +116,11 @@ def test_receiver_down_then_back_is_retried_on_schedule(start_worker) -> None:
     assert all(a.error and a.error.startswith("ConnectError") for a in attempts[:3]), [a.error for a in attempts]
     assert attempts[-1].http_status == 200
     assert len(receiver.receipts) == 1
-    # Gaps follow the schedule (±10 % jitter, plus scheduling slack).
+    # No retry comes sooner than the schedule says (-10 % jitter). A loaded machine may make
+    # them later, so there is no upper bound here.
     gaps = [(b.started_at - a.started_at).total_seconds() for a, b in itertools.pairwise(attempts)]
     for gap, planned in zip(gaps[:2], [0.3, 0.6], strict=False):
-        assert planned * 0.9 <= gap <= planned + 2.0
+        assert planned * 0.9 <= gap
 
 
 def test_retry_after_is_honoured_then_dead_lettered_and_redelivered(start_worker, receiver: Receiver) -> None:
@@ -139,30 +150,147 @@ def test_retry_after_is_honoured_then_dead_lettered_and_redelivered(start_worker
 
 def test_hung_receiver_is_bounded_and_does_not_delay_others(start_worker, receiver: Receiver) -> None:
     hung = Receiver()
-    hung.behaviour = lambda r: (time.sleep(30), (200, {}, b""))[1]
+    hung.behaviour = lambda r: (time.sleep(60), (200, {}, b""))[1]
     hung.start()
     try:
         start_worker(
-            TIDEBASE_WEBHOOK_TIMEOUT_S="1.5", TIDEBASE_WEBHOOK_RETRY_SCHEDULE="60", TIDEBASE_WEBHOOK_INFLIGHT_S="30"
+            TIDEBASE_WEBHOOK_TIMEOUT_S="10", TIDEBASE_WEBHOOK_RETRY_SCHEDULE="60", TIDEBASE_WEBHOOK_INFLIGHT_S="90"
         )
         [slow_id] = channel_deliveries(hung.url)
-        wait_for(lambda: hung.receipts, 15, what="hung receiver reached")
-        started = time.monotonic()
+        wait_for(lambda: hung.receipts, 30, what="hung receiver reached")
         fast_ids = channel_deliveries(receiver.url, 20)
         wait_for(
             lambda: ChannelDelivery.objects.filter(id__in=fast_ids, status="delivered").count() == 20,
-            10,
+            60,
             what="fast deliveries",
         )
-        assert time.monotonic() - started < 5
+        # Not delayed by the hung one: all 20 went through while it still held its attempt.
+        assert not DeliveryAttempt.objects.filter(delivery_id=slow_id, finished_at__isnull=False).exists()
         wait_for(
             lambda: DeliveryAttempt.objects.filter(delivery_id=slow_id, finished_at__isnull=False).exists(),
-            10,
+            60,
             what="hung attempt to time out",
         )
         attempt = DeliveryAttempt.objects.get(delivery_id=slow_id, number=1)
         assert (attempt.error or "").startswith("timeout")
-        assert 1400 <= (attempt.latency_ms or 0) <= 3000
+        # Bounded by the 10 s deadline, not by the receiver's 60 s sleep.
+        assert 9_500 <= (attempt.latency_ms or 0) < 50_000
         assert status_of(ChannelDelivery, slow_id) == "pending"  # retried later, per schedule
     finally:
         hung.stop()
+
+
+# --- an attempt the sweep gave up on finishes late (issue #12, item 6) ----------------------------
+# The order is driven explicitly, with the services the worker runs and a real receiver: claim
+# attempt 1 and send it (the receiver holds it); its in-flight horizon passes; the sweep re-
+# dispatches and the claim of attempt 2 marks attempt 1 ``interrupted``; attempt 2 is delivered;
+# then attempt 1 comes back, late.
+
+LOOPBACK = AddressPolicy.from_entries(["127.0.0.1"])
+
+
+def horizon_passes(delivery_id: str) -> None:
+    """What ``TIDEBASE_WEBHOOK_INFLIGHT_S`` after the claim looks like to the sweep."""
+    ChannelDelivery.objects.filter(id=delivery_id).update(next_attempt_at=Now() - dt.timedelta(minutes=1))
+
+
+def test_delivery_record__a_late_outcome_of_an_interrupted_attempt_keeps_the_mark(receiver: Receiver) -> None:
+    release = threading.Event()
+    receiver.behaviour = lambda r: (release.wait(30), (200, {}, b"late"))[1] if r.attempt == 1 else (200, {}, b"ok")
+    [delivery_id] = channel_deliveries(receiver.url, publish=False)
+
+    first = services.delivery_claim(kind="channel", delivery_id=delivery_id, expected_attempts=0, trigger="dispatch")
+    assert first is not None
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(services.delivery_send, first, policy=LOOPBACK)
+        wait_for(lambda: receiver.receipts, 10, what="attempt 1 at the receiver")
+        horizon_passes(delivery_id)
+        assert ("channel", delivery_id, 1) in services.delivery_sweep()
+        second = services.delivery_claim(kind="channel", delivery_id=delivery_id, expected_attempts=1, trigger="sweep")
+        assert second is not None
+        assert services.delivery_record(second, services.delivery_send(second, policy=LOOPBACK)) is None
+        release.set()
+        late = in_flight.result()
+    assert services.delivery_record(first, late) is None
+
+    one, two = DeliveryAttempt.objects.filter(delivery_id=delivery_id).order_by("number")
+    assert (one.error, one.http_status, one.response_excerpt) == ("interrupted", 200, "late")
+    assert one.interrupted_at is not None
+    assert one.finished_at is not None
+    assert one.finished_at >= one.interrupted_at  # when it really ended, after the mark
+    assert (two.error, two.http_status, two.response_excerpt, two.interrupted_at) == (None, 200, "ok", None)
+    row = ChannelDelivery.objects.get(id=delivery_id)
+    assert (row.status, row.attempts) == ("delivered", 2)
+
+
+def test_delivery_record__a_late_failure_of_an_interrupted_attempt_keeps_the_mark_and_schedules_nothing() -> None:
+    [delivery_id] = channel_deliveries("http://127.0.0.1:9/hook", publish=False)
+    first = services.delivery_claim(kind="channel", delivery_id=delivery_id, expected_attempts=0, trigger="dispatch")
+    assert first is not None
+    horizon_passes(delivery_id)
+    assert ("channel", delivery_id, 1) in services.delivery_sweep()
+    second = services.delivery_claim(kind="channel", delivery_id=delivery_id, expected_attempts=1, trigger="sweep")
+    assert second is not None
+
+    late = services.Outcome(latency_ms=9000, error="timeout: ReadTimeout")
+    assert services.delivery_record(first, late, schedule=[0.2, 0.5]) is None
+
+    one = DeliveryAttempt.objects.get(delivery_id=delivery_id, number=1)
+    assert (one.error, one.latency_ms) == ("interrupted", 9000)
+    assert one.interrupted_at is not None
+    assert ChannelDelivery.objects.get(id=delivery_id).attempts == 2  # attempt 2 is still the live one
+
+
+def lock_waiters(table: str) -> int:
+    with connection.cursor() as cur:
+        cur.execute(
+            """SELECT count(*) FROM pg_stat_activity
+               WHERE datname = current_database() AND pid <> pg_backend_pid()
+                 AND wait_event_type = 'Lock' AND query LIKE %s""",
+            [f"%{table}%"],
+        )
+        row = cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+def own_connection(fn: Callable[[], Any]) -> Callable[[], Any]:
+    def run() -> Any:
+        try:
+            return fn()
+        finally:
+            connection.close()
+
+    return run
+
+
+def test_delivery_record__racing_the_claim_that_interrupts_its_attempt_never_deadlocks(test_database_url: str) -> None:
+    """The record of attempt 1 and the claim of attempt 2 both lock the outbox row and attempt
+    1's log row. A third connection holds the log row so that both line up on it; recording
+    must take the outbox row first, as the claim does, or the two deadlock (one fails)."""
+    [delivery_id] = channel_deliveries("http://127.0.0.1:9/hook", publish=False)
+    first = services.delivery_claim(kind="channel", delivery_id=delivery_id, expected_attempts=0, trigger="dispatch")
+    assert first is not None
+    horizon_passes(delivery_id)
+    outcome = services.Outcome(latency_ms=5, http_status=200, response="ok")
+
+    with psycopg.connect(test_database_url) as holder, ThreadPoolExecutor(2) as pool:
+        holder.execute("SELECT 1 FROM tb_delivery_attempt WHERE delivery_id = %s FOR UPDATE", [delivery_id])
+        record = pool.submit(own_connection(lambda: services.delivery_record(first, outcome)))
+        wait_for(lambda: lock_waiters("tb_delivery_attempt") == 1, 10, what="the record to wait")
+        claim = pool.submit(
+            own_connection(
+                lambda: services.delivery_claim(
+                    kind="channel", delivery_id=delivery_id, expected_attempts=1, trigger="sweep"
+                )
+            )
+        )
+        wait_for(lambda: claim.done() or lock_waiters("tb_delivery_attempt") == 2, 10, what="the claim to settle")
+        holder.rollback()
+        recorded, claimed = record.result(), claim.result()  # a deadlock raises in one of them
+
+    assert recorded is None
+    assert claimed is None  # the record held the row: this claim stands down, the sweep retries
+    row = ChannelDelivery.objects.get(id=delivery_id)
+    assert (row.status, row.attempts) == ("delivered", 1)
+    one = DeliveryAttempt.objects.get(delivery_id=delivery_id, number=1)
+    assert (one.http_status, one.error, one.interrupted_at) == (200, None, None)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
@@ -8,27 +9,33 @@ from django.http import HttpRequest
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
-from tidebase_core.auth import OPEN, Principal
-from tidebase_core.exceptions import Forbidden, InvalidJson, InvalidRequest
+from tidebase_core.auth import OPEN_SCOPE, Principal
+from tidebase_core.exceptions import InvalidJson, InvalidRequest
+from tidebase_core.jsonsafe import check_body
+from tidebase_core.wire import SET_BY
 
 M = TypeVar("M", bound=BaseModel)
 
 
 def principal(request: HttpRequest) -> Principal:
-    value: Principal = getattr(request, "tb_principal", OPEN)
+    """The caller, set by ``ProtocolMiddleware``. Every route has passed ``scopes.guard``, which
+    refuses a request without one, so this never invents a principal."""
+    value: Principal = request.tb_principal  # type: ignore[attr-defined]
     return value
+
+
+def channels_in(request: HttpRequest, channels: Sequence[Any] | None) -> list[dict[str, Any]]:
+    """Request channels (``ChannelIn``) as stored dicts, stamped with the caller's scope. The
+    open principal (no key configured) is stamped ``open``, not ``admin``: such a channel gets
+    resolve tokens only while the API stays open (``services.events.resolver_scopes``)."""
+    who = principal(request)
+    scope = OPEN_SCOPE if who.kind == "open" else who.scope
+    return [{**c.as_dict(), SET_BY: scope} for c in channels or []]
 
 
 def seg(value: str) -> str:
     """Decode one percent-encoded path segment (see ProtocolMiddleware)."""
     return unquote(value)
-
-
-def require(request: HttpRequest, capability: str) -> Principal:
-    who = principal(request)
-    if not getattr(who, capability):
-        raise Forbidden(f"this API key ({who.scope}) may not do that", scope=who.scope)
-    return who
 
 
 def idempotency(request: HttpRequest, route: str) -> tuple[str, str] | None:
@@ -45,21 +52,20 @@ def loads(raw: bytes) -> Any:
     """Parse a request body. Integers beyond 64 bits stay exact Python ints (orjson would turn
     them into floats, silently); they are stored and answered exactly (``wire.dumps``)."""
     try:
-        return pydantic_core.from_json(raw, allow_inf_nan=False)
+        data = pydantic_core.from_json(raw, allow_inf_nan=False)
     except ValueError as exc:
         raise InvalidJson(f"request body is not valid JSON: {exc}") from None
+    check_body(raw, data)  # NUL characters and numbers beyond a double: 400 before any SQL
+    return data
 
 
 def optional_body(request: HttpRequest, schema: type[M]) -> M:
-    """Routes whose body is optional (§1: cancel and recover treat a bad body as ``{}``)."""
-    data: Any = {}
-    if request.body:
-        try:
-            data = pydantic_core.from_json(request.body, allow_inf_nan=False)
-        except ValueError:
-            data = {}
+    """Routes whose body is optional (cancel and recover): no body reads as ``{}``. A body that
+    is sent must be a valid one, as on every other route: upstream reads an unparsable body as
+    ``{}`` too (§1), but a caller that sent one meant something else (docs/decisions.md)."""
+    data: Any = loads(request.body) if request.body else {}
     if not isinstance(data, dict):
-        data = {}
+        raise InvalidRequest("the request body must be a JSON object")
     try:
         return schema.model_validate(data)
     except PydanticValidationError as exc:

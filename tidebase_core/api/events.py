@@ -18,6 +18,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from tidebase_core import wire
 from tidebase_core.api.common import seg
+from tidebase_core.api.scopes import scoped
 from tidebase_core.db import flush_barrier
 from tidebase_core.exceptions import DomainError, InvalidRequest
 from tidebase_core.realtime import hub
@@ -64,6 +65,7 @@ def _stream(run_id: str, after: int) -> Iterator[bytes]:
 
 
 @csrf_exempt  # a protocol path: never demand CSRF tokens (§19.9), answer 405 JSON instead
+@scoped("run_events")
 def run_events(request: HttpRequest, run_id: str) -> HttpResponseBase:
     if request.method != "GET":
         return wire.json_response({"error": "method not allowed", "code": "method_not_allowed"}, 405)

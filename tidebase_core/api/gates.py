@@ -7,7 +7,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
 from tidebase_core import wire
-from tidebase_core.api.common import principal, seg
+from tidebase_core.api.common import channels_in, principal, seg
 from tidebase_core.api.schemas import GateBeginIn, GateResolveIn
 from tidebase_core.auth import TOKEN_ONLY
 from tidebase_core.exceptions import Forbidden, InvalidRequest
@@ -24,7 +24,7 @@ def begin_gate(request: HttpRequest, run_id: str, payload: GateBeginIn) -> HttpR
         name=payload.name,
         prompt=payload.prompt,
         data=payload.data,
-        channels=[c.as_dict() for c in payload.channels or []],
+        channels=channels_in(request, payload.channels),
         capability=payload.capability,
         timeout_ms=payload.timeoutMs,
     )

@@ -23,13 +23,17 @@ from http import HTTPStatus
 from typing import Any
 
 from django.conf import settings
-from django.db import DataError, close_old_connections
+from django.db import DataError, OperationalError, close_old_connections
 from pydantic import BaseModel
 
 from tidebase_core import auth
+from tidebase_core.api import scopes
+from tidebase_core.api.common import loads
 from tidebase_core.api.schemas import StepBeginIn, StepCompleteIn
 from tidebase_core.api.steps import begin_body, complete_body
-from tidebase_core.exceptions import DomainError
+from tidebase_core.db import operational_answer
+from tidebase_core.exceptions import DomainError, ServerBusy
+from tidebase_core.middleware import bearer_token
 from tidebase_core.wire import dumps
 
 logger = logging.getLogger("tidebase.api")
@@ -52,10 +56,11 @@ def _complete(groups: tuple[str, ...], payload: Any) -> dict[str, object]:
     return complete_body(groups[0], groups[1], payload)
 
 
-ROUTES: list[tuple[re.Pattern[str], type[BaseModel], Callable[[tuple[str, ...], Any], dict[str, object]]]] = [
-    (_BEGIN, StepBeginIn, _begin),
-    (_COMPLETE, StepCompleteIn, _complete),
+ROUTES: list[tuple[re.Pattern[str], str, type[BaseModel], Callable[[tuple[str, ...], Any], dict[str, object]]]] = [
+    (_BEGIN, "begin_step", StepBeginIn, _begin),
+    (_COMPLETE, "complete_step", StepCompleteIn, _complete),
 ]
+"""(path, operation id in ``scopes.ROUTE_SCOPES``, body schema, handler)."""
 
 
 def _match(environ: dict[str, Any]) -> tuple[Any, ...] | None:
@@ -64,14 +69,14 @@ def _match(environ: dict[str, Any]) -> tuple[Any, ...] | None:
     path: str = environ.get("PATH_INFO", "")
     if not path.startswith("/runs/"):
         return None
-    for pattern, schema, handler in ROUTES:
+    for pattern, operation_id, schema, handler in ROUTES:
         match = pattern.fullmatch(path)
         if match is not None:
-            return match.groups(), schema, handler
+            return match.groups(), operation_id, schema, handler
     return None
 
 
-def _plain(environ: dict[str, Any]) -> int | None:
+def _plain(environ: dict[str, Any], operation_id: str) -> int | None:
     """The body length of a request the hot path may answer, or None to leave it to Django."""
     raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     if raw_uri is None or "%" in raw_uri.partition("?")[0]:
@@ -83,9 +88,9 @@ def _plain(environ: dict[str, Any]) -> int | None:
     if not length.isdigit() or int(length) > settings.TIDEBASE_MAX_BODY_BYTES:
         return None
     header: str | None = environ.get("HTTP_AUTHORIZATION")
-    key = header[7:] if header is not None and header.startswith("Bearer ") else ""
-    if auth.authenticate(key) is None:
-        return None  # every principal may begin and complete steps; only "nobody" may not
+    who = auth.authenticate(bearer_token(header))
+    if who is None or not scopes.allows(who, operation_id):
+        return None  # Django answers 401 or 403 (the same route table)
     return int(length)
 
 
@@ -94,24 +99,36 @@ def serve(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]
     route = _match(environ)
     if route is None:
         return None
-    groups, schema, handler = route
+    groups, operation_id, schema, handler = route
     close_old_connections()  # what Django's request_started does, before any query (auth's)
+    extra_headers: list[tuple[str, str]] = []
     try:
-        length = _plain(environ)
+        length = _plain(environ, operation_id)
         if length is None:
             return None
         body = environ["wsgi.input"].read(length)
         environ["wsgi.input"] = io.BytesIO(body)  # a fall-through re-reads it
-        try:
-            payload = schema.model_validate_json(body)
-        except ValueError:
-            return None  # ninja renders the validation error
+        try:  # exactly what ninja does: its parser (``loads``), then the schema, in Python mode
+            data = loads(body)
+            payload = schema.model_validate(data) if isinstance(data, dict) else None
+        except (DomainError, ValueError):
+            payload = None
+        if payload is None:
+            return None  # ninja renders the error (invalid JSON, unstorable value, wrong type...)
         try:
             status, data = 200, handler(groups, payload)
         except DomainError as exc:
             status, data = exc.status_code, exc.body()
         except DataError:
             return None  # the statement changed nothing; ninja re-runs it and renders the error
+        except OperationalError as exc:  # a lock or statement timeout: 503, as on every route
+            answer = operational_answer(exc)
+            if answer is None:
+                raise
+            logger.info("api.db_refused", extra={"path": environ.get("PATH_INFO"), "error": str(exc)})
+            status, data = answer.status_code, answer.body()
+            if isinstance(answer, ServerBusy):
+                extra_headers.append(("Retry-After", str(answer.retry_after_s)))
         content = dumps(data)
     except Exception:
         logger.exception("api.unhandled", extra={"path": environ.get("PATH_INFO")})
@@ -124,6 +141,7 @@ def serve(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(content))),
             ("Access-Control-Allow-Origin", settings.TIDEBASE_CORS_ORIGIN),
+            *extra_headers,
         ],
     )
     return [content]

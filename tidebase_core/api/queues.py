@@ -7,7 +7,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
 from tidebase_core import wire
-from tidebase_core.api.common import idempotency, seg
+from tidebase_core.api.common import channels_in, idempotency, seg
 from tidebase_core.api.schemas import ClaimIn, EnqueueIn, QueueConfigIn, ScheduleIn
 from tidebase_core.models import Schedule
 from tidebase_core.realtime import hub
@@ -52,7 +52,7 @@ def enqueue_run(request: HttpRequest, queue: str, payload: EnqueueIn) -> HttpRes
         input=payload.input,
         metadata=payload.metadata,
         recovery_webhook=str(payload.recoveryWebhook) if payload.recoveryWebhook else None,
-        channels=[c.as_dict() for c in payload.channels or []],
+        channels=channels_in(request, payload.channels),
         dedupe_key=payload.dedupeKey,
         delay_ms=payload.delayMs,
         run_at=payload.runAt,

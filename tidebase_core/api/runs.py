@@ -4,7 +4,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
 from tidebase_core import wire
-from tidebase_core.api.common import idempotency, optional_body, principal, require, seg
+from tidebase_core.api.common import channels_in, idempotency, optional_body, principal, seg
 from tidebase_core.api.schemas import (
     ChildCreateIn,
     HeartbeatIn,
@@ -30,7 +30,7 @@ def create_run(request: HttpRequest, run_id: str, payload: RunCreateIn) -> HttpR
         input=payload.input,
         metadata=payload.metadata,
         recovery_webhook=str(payload.recoveryWebhook) if payload.recoveryWebhook else None,
-        channels=[c.as_dict() for c in payload.channels or []],
+        channels=channels_in(request, payload.channels),
         idempotency=idempotency(request, "run_create"),
     )
     return wire.json_response({"run": wire.run_out(run)})
@@ -74,7 +74,7 @@ def fail_run(request: HttpRequest, run_id: str, payload: RunFailIn) -> HttpRespo
 
 @router.post("/{run_id}/cancel", operation_id="cancel_run")
 def cancel_run(request: HttpRequest, run_id: str) -> HttpResponse:
-    who = require(request, "can_cancel")
+    who = principal(request)
     body = optional_body(request, RunCancelIn)
     actor = body.actor if body.actor is not None else (None if who.kind == "open" else who.label)
     run = services.run_cancel(run_id=seg(run_id), reason=body.reason, actor=actor)
@@ -97,7 +97,7 @@ def create_child_run(request: HttpRequest, run_id: str, payload: ChildCreateIn) 
         input=payload.input,
         metadata=payload.metadata,
         recovery_webhook=str(payload.recoveryWebhook) if payload.recoveryWebhook else None,
-        channels=[c.as_dict() for c in payload.channels or []],
+        channels=channels_in(request, payload.channels),
         edge_type=payload.edgeType or "child",
         edge_metadata=payload.edgeMetadata,
     )

@@ -109,6 +109,12 @@ class Channel(models.Model):
     url = models.TextField()
     secret = models.TextField(null=True, blank=True)
     events = models.JSONField(default=list)
+    set_by_scope = models.CharField(
+        max_length=16,
+        db_default="agent",
+        help_text="Scope of the principal that configured the channel. Gate deliveries carry the "
+        "resolve token only to channels set by a scope that may resolve (operator, admin).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -74,11 +74,13 @@ def _gate_create(
         timeout_ms=timeout_ms,
         timeout_at=now + dt.timedelta(milliseconds=timeout_ms) if timeout_ms else None,
     )
-    event_append(run_id=run_id, type="gate.created", payload={"gate": wire.public_gate(gate, show_token=False)})
+    public = {"gate": wire.public_gate(gate, show_token=False)}
+    event_append(run_id=run_id, type="gate.created", payload=public)
     notify_channels(
         run_id=run_id,
         event_type="gate.created",
-        payload={"gate": wire.public_gate(gate, show_token=True)},
+        payload=public,  # resolveToken null, decideUrl: where a human decides
+        resolver_payload={"gate": wire.public_gate(gate, show_token=True)},
         gate_id=gate.id,
         inline_channels=channels,
     )

@@ -250,8 +250,11 @@ def queue_configure(
     invoke_url: str | None = None,
     paused: bool | None = None,
 ) -> QueueConfig:
-    """Upsert with keep-existing semantics (§10.4): an omitted or null field keeps its value."""
-    config, _ = QueueConfig.objects.select_for_update().get_or_create(name=name)
+    """Upsert with keep-existing semantics (§10.4): an omitted or null field keeps its value.
+    The row is made to exist (``ON CONFLICT DO NOTHING``), then locked and changed: concurrent
+    configurations of a new queue all apply, field by field."""
+    QueueConfig.objects.bulk_create([QueueConfig(name=name)], ignore_conflicts=True)
+    config = QueueConfig.objects.select_for_update().get(name=name)
     if concurrency is not None:
         config.concurrency = concurrency
     if rate_per_minute is not None:
@@ -321,11 +324,11 @@ def schedule_set(
     enabled: bool = True,
 ) -> Schedule:
     """Full replace (§11.1); ``nextRunAt`` is recomputed from now. An invalid cron is a 400
-    that says why, and nothing is stored."""
+    that says why, and nothing is stored. The row is made to exist (``ON CONFLICT DO NOTHING``),
+    then locked and replaced: of concurrent PUTs, the last to lock wins, whole."""
     next_run_at = cron_next(cron, db_now())
-    schedule, _ = Schedule.objects.select_for_update().get_or_create(
-        name=name, defaults={"cron": cron, "workflow_name": workflow_name}
-    )
+    Schedule.objects.bulk_create([Schedule(name=name, cron=cron, workflow_name=workflow_name)], ignore_conflicts=True)
+    schedule = Schedule.objects.select_for_update().get(name=name)
     schedule.cron = cron
     schedule.workflow_name = workflow_name
     schedule.input = {} if input is None else input

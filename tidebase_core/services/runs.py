@@ -50,9 +50,17 @@ def _insert_run(
 
 
 def insert_channels(run_id: str, channels: list[dict[str, Any]] | None) -> None:
-    """Store a run's webhook channels (inside the caller's transaction)."""
+    """Store a run's webhook channels (inside the caller's transaction), each with the scope of
+    whoever set it (``wire.SET_BY``, stamped by the API; missing means ``agent``: fail closed)."""
     rows = [
-        Channel(run_id=run_id, type="webhook", url=c["url"], secret=c.get("secret"), events=c.get("events") or [])
+        Channel(
+            run_id=run_id,
+            type="webhook",
+            url=c["url"],
+            secret=c.get("secret"),
+            events=c.get("events") or [],
+            set_by_scope=c.get(wire.SET_BY) or "agent",
+        )
         for c in channels or []
     ]
     if rows:

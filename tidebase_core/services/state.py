@@ -4,26 +4,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
 from django.db.models import F
 
 from tidebase_core import protocol, wire
+from tidebase_core.db import jsonb
 from tidebase_core.exceptions import NotFound, RunNotFound
 from tidebase_core.models import Run, RunState, StateStream, StateVersion
 from tidebase_core.services.events import event_append, notify_channels
 
 
 def _stream_locked(run_id: str, name: str, *, target_type: str = "run", target_id: str | None = None) -> StateStream:
-    """Get-or-create the stream row, locked: the lock serializes version numbering."""
-    stream = StateStream.objects.select_for_update().filter(run_id=run_id, name=name).first()
+    """Get-or-create the stream row, locked: the lock serializes version numbering. Inside the
+    caller's transaction. A missing row is inserted with ``ON CONFLICT DO NOTHING`` (a concurrent
+    creator's insert is waited for, never an IntegrityError), then locked. ``current_value`` is
+    not read: every caller overwrites it, and it may be as large as the state (tens of MB)."""
+    streams = StateStream.objects.select_for_update().defer("current_value")
+    stream = streams.filter(run_id=run_id, name=name).first()
     if stream is not None:
         return stream
-    try:
-        with transaction.atomic():
-            StateStream.objects.create(run_id=run_id, name=name, target_type=target_type, target_id=target_id or run_id)
-    except IntegrityError:
-        pass
-    return StateStream.objects.select_for_update().get(run_id=run_id, name=name)
+    StateStream.objects.bulk_create(
+        [StateStream(run_id=run_id, name=name, target_type=target_type, target_id=target_id or run_id)],
+        ignore_conflicts=True,
+    )
+    return streams.get(run_id=run_id, name=name)
 
 
 def _append_version(
@@ -59,6 +63,31 @@ def _require_run(run_id: str) -> None:
         raise RunNotFound()
 
 
+def _state_locked(run_id: str) -> RunState | None:
+    """The run's live state row, locked until the caller's transaction ends; None if none."""
+    return RunState.objects.select_for_update().filter(run_id=run_id).first()
+
+
+_STATE_INSERT_SQL = """
+INSERT INTO tb_run_state (run_id, value, version, updated_at) VALUES (%s, %s, 1, now())
+ON CONFLICT (run_id) DO NOTHING
+RETURNING updated_at
+"""
+
+
+def _state_insert(run_id: str, value: Any) -> RunState | None:
+    """Insert the run's first live state (version 1), inside the caller's transaction, which
+    holds the new row's lock. Returns None when another writer's row exists: ``ON CONFLICT``
+    first waits for that writer's transaction, so the caller can then lock the row and merge
+    into it. (Catching an IntegrityError instead, the loser overwrote the winner: issue #12.)"""
+    with connection.cursor() as cur:
+        cur.execute(_STATE_INSERT_SQL, [run_id, jsonb(value)])
+        row = cur.fetchone()
+    if row is None:
+        return None
+    return RunState(run_id=run_id, value=value, version=1, updated_at=row[0])
+
+
 @transaction.atomic(durable=True)
 def state_write(
     *,
@@ -76,20 +105,23 @@ def state_write(
     history stream, emit ``state.updated`` and its channel event."""
     _require_run(run_id)
     value = {} if value is None else value
-    live = RunState.objects.select_for_update().filter(run_id=run_id).first()
+    live = _state_locked(run_id)
+    created = False
     if live is None:
-        try:
-            with transaction.atomic():
-                live = RunState.objects.create(run_id=run_id, value=value, version=0)
-        except IntegrityError:
-            live = RunState.objects.select_for_update().get(run_id=run_id)
+        live = _state_insert(run_id, value)
+        created = live is not None
+    if live is None:  # a concurrent first write won the insert (and has committed): merge into it
+        live = _state_locked(run_id)
+        if live is None:  # pragma: no cover - the row exists once the insert conflicted
+            raise RunNotFound()
+    if created:  # the first write on a run just stores ``value`` (§7.7)
         new_value = value
     else:
         new_value = protocol.patch_value(live.value, value) if merge else value
-    live.value = new_value
-    live.version = F("version") + 1
-    live.save(update_fields=["value", "version", "updated_at"])
-    live.refresh_from_db(fields=["version", "updated_at"])
+        live.value = new_value
+        live.version = F("version") + 1
+        live.save(update_fields=["value", "version", "updated_at"])
+        live.refresh_from_db(fields=["version", "updated_at"])
     version = _append_version(
         _stream_locked(run_id, stream or "run"),
         value=new_value,

@@ -1,6 +1,9 @@
 """Serve the project with gunicorn (threaded workers: SSE streams and gate long-polls hold a
 thread each while they wait). Applies migrations first unless TIDEBASE_AUTO_MIGRATE=0, in
-which case it refuses to start with migrations pending (PROTOCOL.md §16)."""
+which case it refuses to start with migrations pending (PROTOCOL.md §16).
+
+With debug off it refuses the built-in development ``SECRET_KEY`` unless it listens on loopback
+only: anyone can read that key, so anyone could forge dashboard sessions and CSRF tokens."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
+from tidebase_core.checks import is_loopback, uses_development_secret_key
 from tidebase_core.server import gunicorn_argv
 
 
@@ -27,6 +31,7 @@ class Command(BaseCommand):
         parser.add_argument("--threads", type=int, default=int(os.environ.get("WEB_THREADS", "32")))
 
     def handle(self, *args: Any, **options: Any) -> None:
+        self._refuse_development_key(options["host"])
         executor = MigrationExecutor(connection)
         pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
         if pending:
@@ -40,3 +45,12 @@ class Command(BaseCommand):
             bind=bind, workers=options["workers"], threads=options["threads"], access_log=settings.DEBUG
         )
         os.execv(sys.executable, argv)  # noqa: S606
+
+    def _refuse_development_key(self, host: str) -> None:
+        """On loopback the key is only warned about (system check ``tidebase.W001``, printed above)."""
+        if not settings.DEBUG and uses_development_secret_key() and not is_loopback(host):
+            raise CommandError(
+                f"refusing to listen on {host!r} with the development SECRET_KEY and debug off: anyone can "
+                "read that key and forge sessions. Set DJANGO_SECRET_KEY (50+ random characters), or listen "
+                'on 127.0.0.1 (README, "Production settings").'
+            )
