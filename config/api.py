@@ -14,8 +14,8 @@ from ninja.parser import Parser
 from tidebase_core.api import gates, queues, runs, scopes, state, steps
 from tidebase_core.api.common import issues, loads
 from tidebase_core.api.openapi import DocumentedAPI
-from tidebase_core.db import UNSTORABLE, operational_answer
-from tidebase_core.exceptions import DomainError, InvalidRequest, ServerBusy, UnsupportedValue
+from tidebase_core.db import UNSTORABLE, operational_reply
+from tidebase_core.exceptions import DomainError, InvalidRequest, UnsupportedValue
 from tidebase_core.wire import json_response
 
 logger = logging.getLogger("tidebase.api")
@@ -88,15 +88,15 @@ def data_error(request: HttpRequest, exc: DataError) -> HttpResponse:
 
 @api.exception_handler(OperationalError)
 def operational_error(request: HttpRequest, exc: OperationalError) -> HttpResponse:
-    # A lock wait past TIDEBASE_LOCK_TIMEOUT_MS or a statement past TIDEBASE_STATEMENT_TIMEOUT_MS
-    # is transient: 503 with Retry-After (the transaction rolled back, so a retry is safe).
-    answer = operational_answer(exc)
-    if answer is None:
+    # A lock wait past TIDEBASE_LOCK_TIMEOUT_MS, a statement past TIDEBASE_STATEMENT_TIMEOUT_MS or
+    # no pooled connection in time is transient: 503 with Retry-After (the transaction rolled back).
+    reply = operational_reply(exc, request.path)
+    if reply is None:
         return unexpected(request, exc)
-    logger.info("api.db_refused", extra={"path": request.path, "error": str(exc)})
-    response = domain_error(request, answer)
-    if isinstance(answer, ServerBusy):
-        response["Retry-After"] = str(answer.retry_after_s)
+    status, body, headers = reply
+    response = json_response(body, status)
+    for name, value in headers:
+        response[name] = value
     return response
 
 

@@ -71,6 +71,20 @@ if not DATABASE_URL:
     DATABASE_URL = embedded_database_url()
 DATABASES = {"default": database_from_url(DATABASE_URL)}
 
+TIDEBASE_DB_POOL_SIZE = env_int("TIDEBASE_DB_POOL_SIZE", 8)
+"""Postgres connections per web process, at most: a psycopg pool shared by the process's threads.
+A request takes a connection at its first query and gives it back when it ends; long-polls and
+SSE streams give theirs back while they wait. 0: one persistent connection per thread instead."""
+if os.environ.get("TIDEBASE_PROCESS") == "web" and TIDEBASE_DB_POOL_SIZE > 0:  # set by config/wsgi.py
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps connections; Django must not
+    DATABASES["default"]["OPTIONS"]["pool"] = {
+        "min_size": 1,
+        "max_size": TIDEBASE_DB_POOL_SIZE,
+        # A request that waits longer than this for a free connection gets 503 pool_timeout.
+        "timeout": float(os.environ.get("TIDEBASE_DB_POOL_TIMEOUT_S") or 10),
+        "name": "tidebase-web",
+    }
+
 DEBUG = env_bool("DJANGO_DEBUG", False)
 TIDEBASE_DEVELOPMENT_SECRET_KEY = "insecure-dev-key-set-DJANGO_SECRET_KEY-in-production"  # noqa: S105
 """Used when DJANGO_SECRET_KEY is unset: system check tidebase.W001 warns with debug off, and

@@ -17,6 +17,7 @@ from typing import Any
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+os.environ.setdefault("TIDEBASE_PROCESS", "web")  # a web process: pooled database connections
 site = get_wsgi_application()
 
 from django.core.handlers.exception import convert_exception_to_response  # noqa: E402

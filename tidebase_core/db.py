@@ -7,6 +7,7 @@ decode/encode round trip, and exposes columns as attributes for the ``wire`` ser
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import psycopg
@@ -17,6 +18,7 @@ from psycopg.types.json import Jsonb
 from tidebase_core.exceptions import DomainError, ServerBusy, UnsupportedValue
 from tidebase_core.wire import RawJson, dumps
 
+logger = logging.getLogger("tidebase.api")
 UNSTORABLE = "a value in the request cannot be stored (out of range, too long, or a NUL character)"
 
 
@@ -31,7 +33,21 @@ def operational_answer(exc: Exception) -> DomainError | None:
         return ServerBusy("statement_timeout")
     if isinstance(cause, psycopg.errors.ProgramLimitExceeded):  # e.g. an index row too big
         return UnsupportedValue(UNSTORABLE)
+    if type(cause).__name__ == "PoolTimeout":  # psycopg_pool: no connection free in time
+        return ServerBusy("pool_timeout")
     return None
+
+
+def operational_reply(exc: Exception, path: str) -> tuple[int, dict[str, Any], list[tuple[str, str]]] | None:
+    """``operational_answer`` as (status, body, headers), logged; None for a real failure. The
+    middleware (auth's key lookup is the first query of a request), ninja's error handler and the
+    hot path all answer through it."""
+    answer = operational_answer(exc)
+    if answer is None:
+        return None
+    logger.info("api.db_refused", extra={"path": path, "error": str(exc)})
+    headers = [("Retry-After", str(answer.retry_after_s))] if isinstance(answer, ServerBusy) else []
+    return answer.status_code, answer.body(), headers
 
 
 STEP_JSON = frozenset({"input", "options", "resume_contract", "output", "error"})

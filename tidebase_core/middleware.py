@@ -9,9 +9,11 @@ from collections.abc import Callable
 from urllib.parse import quote, unquote
 
 from django.conf import settings
+from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse
 
 from tidebase_core import auth
+from tidebase_core.db import operational_reply
 from tidebase_core.wire import json_response
 
 PROTOCOL_PREFIXES = ("/health", "/runs", "/queues", "/schedules")
@@ -75,7 +77,16 @@ class ProtocolMiddleware:
             return self.get_response(request)
         request.path_info = _encoded_path(request)
         request.urlconf = "config.api_urls"
-        response = self._handle(request)
+        try:
+            response = self._handle(request)
+        except OperationalError as exc:  # e.g. no pooled connection for auth's key lookup in time
+            reply = operational_reply(exc, request.path)
+            if reply is None:
+                raise
+            status, body, headers = reply
+            response = json_response(body, status)
+            for name, value in headers:
+                response[name] = value
         if response.status_code == 405 and not response.get("Content-Type", "").startswith("application/json"):
             allow = response.get("Allow")
             response = json_response(

@@ -3,6 +3,7 @@ from __future__ import annotations
 import time
 
 from django.conf import settings
+from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
@@ -55,6 +56,7 @@ def get_gate(request: HttpRequest, run_id: str, gate_id: str, waitMs: int = 0) -
             if gate.timeout_at is not None:  # wake up to report the timeout when it falls due
                 due = (gate.timeout_at - db_now).total_seconds()
                 remaining = min(remaining, max(due, 0) + 0.05)
+            close_old_connections()  # give the connection back to the pool while waiting
             flag.wait(remaining)
             flag.clear()
     finally:

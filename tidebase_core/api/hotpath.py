@@ -31,8 +31,8 @@ from tidebase_core.api import scopes
 from tidebase_core.api.common import loads
 from tidebase_core.api.schemas import StepBeginIn, StepCompleteIn
 from tidebase_core.api.steps import begin_body, complete_body
-from tidebase_core.db import operational_answer
-from tidebase_core.exceptions import DomainError, ServerBusy
+from tidebase_core.db import operational_reply
+from tidebase_core.exceptions import DomainError
 from tidebase_core.middleware import bearer_token
 from tidebase_core.wire import dumps
 
@@ -121,14 +121,13 @@ def serve(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]
             status, data = exc.status_code, exc.body()
         except DataError:
             return None  # the statement changed nothing; ninja re-runs it and renders the error
-        except OperationalError as exc:  # a lock or statement timeout: 503, as on every route
-            answer = operational_answer(exc)
-            if answer is None:
-                raise
-            logger.info("api.db_refused", extra={"path": environ.get("PATH_INFO"), "error": str(exc)})
-            status, data = answer.status_code, answer.body()
-            if isinstance(answer, ServerBusy):
-                extra_headers.append(("Retry-After", str(answer.retry_after_s)))
+        content = dumps(data)
+    except OperationalError as exc:  # a lock, statement or pool timeout (auth's query too): 503
+        reply = operational_reply(exc, environ.get("PATH_INFO", ""))
+        if reply is None:
+            logger.exception("api.unhandled", extra={"path": environ.get("PATH_INFO")})
+            reply = 500, {"error": "internal server error", "code": "internal_error"}, []
+        status, data, extra_headers = reply
         content = dumps(data)
     except Exception:
         logger.exception("api.unhandled", extra={"path": environ.get("PATH_INFO")})

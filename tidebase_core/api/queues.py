@@ -3,6 +3,7 @@ from __future__ import annotations
 import time
 
 from django.conf import settings
+from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
@@ -31,6 +32,7 @@ def claim_runs(request: HttpRequest, payload: ClaimIn) -> HttpResponse:
             remaining = deadline - time.monotonic()
             if runs or flag is None or remaining <= 0:
                 break
+            close_old_connections()  # give the connection back to the pool while waiting
             flag.wait(remaining)
             flag.clear()
     finally:
