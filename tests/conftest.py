@@ -130,3 +130,17 @@ def no_client_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """SDK clients in the test must not pick up a developer's TIDEBASE_* settings."""
     for name in ("TIDEBASE_URL", "TIDEBASE_API_KEY", "TIDEBASE_WEBHOOK_SECRET"):
         monkeypatch.delenv(name, raising=False)
+
+
+def lock_waiters(table: str) -> int:
+    """Sessions of the test database (other than this one) waiting for a lock in a statement
+    on ``table``: how a test knows a concurrent writer has reached the lock it holds."""
+    with connection.cursor() as cur:
+        cur.execute(
+            """SELECT count(*) FROM pg_stat_activity
+               WHERE datname = current_database() AND pid <> pg_backend_pid()
+                 AND wait_event_type = 'Lock' AND query LIKE %s""",
+            [f"%{table}%"],
+        )
+        row = cur.fetchone()
+    return int(row[0]) if row else 0

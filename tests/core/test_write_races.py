@@ -18,10 +18,9 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from django.db import connection
 
 from dashboard.services import api_key_create
-from tests.conftest import start_live_server
+from tests.conftest import lock_waiters, start_live_server
 from tests.core.test_probes import in_threads
 from tests.live import wait_for
 from tidebase_core.exceptions import Conflict
@@ -76,15 +75,7 @@ def test_state_write__16_first_puts_race_to_one_row_and_16_versions() -> None:
 
 def db_waiting_on_lock(table: str) -> bool:
     """Whether some session of the test database is waiting for a lock in a statement on ``table``."""
-    with connection.cursor() as cur:
-        cur.execute(
-            """SELECT count(*) FROM pg_stat_activity
-               WHERE datname = current_database() AND pid <> pg_backend_pid()
-                 AND wait_event_type = 'Lock' AND query LIKE %s""",
-            [f"%{table}%"],
-        )
-        row = cur.fetchone()
-    return bool(row and row[0])
+    return lock_waiters(table) > 0
 
 
 def until_not_busy(send: Callable[[], httpx.Response], seen: list[httpx.Response] | None = None) -> httpx.Response:

@@ -21,6 +21,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.db.models.functions import Now
 
+from tests.conftest import lock_waiters
 from tidebase.webhooks import verify, verify_webhook_signature
 from tidebase_core.models import ChannelDelivery, Event, RecoveryAttempt
 from webhooks import services
@@ -239,18 +240,6 @@ def test_delivery_record__a_late_failure_of_an_interrupted_attempt_keeps_the_mar
     assert (one.error, one.latency_ms) == ("interrupted", 9000)
     assert one.interrupted_at is not None
     assert ChannelDelivery.objects.get(id=delivery_id).attempts == 2  # attempt 2 is still the live one
-
-
-def lock_waiters(table: str) -> int:
-    with connection.cursor() as cur:
-        cur.execute(
-            """SELECT count(*) FROM pg_stat_activity
-               WHERE datname = current_database() AND pid <> pg_backend_pid()
-                 AND wait_event_type = 'Lock' AND query LIKE %s""",
-            [f"%{table}%"],
-        )
-        row = cur.fetchone()
-    return int(row[0]) if row else 0
 
 
 def own_connection(fn: Callable[[], Any]) -> Callable[[], Any]:

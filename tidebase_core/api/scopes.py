@@ -121,17 +121,7 @@ def _operation_id(run: Any) -> str:
 
 def guard(run: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
     """NinjaAPI view decorator: check the route's scope before the body is parsed."""
-    operation_id = _operation_id(run)
-
-    @functools.wraps(run)
-    def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        refused = refusal(request, operation_id)
-        if refused is not None:
-            return _render(refused)
-        return run(request, *args, **kwargs)
-
-    checked.tb_operation_id = operation_id  # type: ignore[attr-defined]
-    return checked
+    return scoped(_operation_id(run))(run)
 
 
 def scoped(operation_id: str) -> Callable[[Callable[..., HttpResponseBase]], Callable[..., HttpResponseBase]]:
