@@ -175,6 +175,13 @@ TIDEBASE_GATE_WAIT_MAX_MS = env_int("TIDEBASE_GATE_WAIT_MAX_MS", 30000)
 TIDEBASE_API_KEY_CACHE_S = float(os.environ.get("TIDEBASE_API_KEY_CACHE_S") or 5)
 """How long a verified app API key is trusted before it is looked up again (revocation delay)."""
 
+TIDEBASE_LARGE_BODY_BYTES = env_int("TIDEBASE_LARGE_BODY_BYTES", 1024 * 1024)
+TIDEBASE_LARGE_BODY_CONCURRENCY = env_int("TIDEBASE_LARGE_BODY_CONCURRENCY", 2)
+TIDEBASE_LARGE_BODY_WAIT_S = float(os.environ.get("TIDEBASE_LARGE_BODY_WAIT_S") or 30)
+"""Per web process, at most TIDEBASE_LARGE_BODY_CONCURRENCY requests with a body above
+TIDEBASE_LARGE_BODY_BYTES are processed at once; others wait up to TIDEBASE_LARGE_BODY_WAIT_S,
+then get 503 ``busy`` (tidebase_core.middleware.LargeBodies)."""
+
 DATA_UPLOAD_MAX_MEMORY_SIZE = TIDEBASE_MAX_BODY_BYTES
 
 INSTALLED_APPS = [

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from urllib.parse import quote, unquote
 
 from django.conf import settings
@@ -54,6 +56,41 @@ def _read_chunked(request: HttpRequest) -> bool:
     request._stream = io.BytesIO(body)
     meta["CONTENT_LENGTH"] = str(len(body))
     return True
+
+
+class LargeBodies:
+    """Admission for large request bodies: at most ``TIDEBASE_LARGE_BODY_CONCURRENCY`` requests
+    per process read and process a body above ``TIDEBASE_LARGE_BODY_BYTES`` at once (a chunked
+    body counts as large). A 60 MB checkpoint costs several times its size while it is parsed,
+    validated and encoded for Postgres; without a bound, four at once took a process to 2.4 GB.
+    A request that finds no slot within ``TIDEBASE_LARGE_BODY_WAIT_S`` is answered 503 ``busy``
+    before its body is read. Small bodies never wait."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._slots: threading.BoundedSemaphore | None = None
+
+    def _semaphore(self) -> threading.BoundedSemaphore:
+        with self._lock:
+            if self._slots is None:
+                self._slots = threading.BoundedSemaphore(max(1, settings.TIDEBASE_LARGE_BODY_CONCURRENCY))
+            return self._slots
+
+    @contextmanager
+    def admit(self, size: int) -> Iterator[bool]:
+        if size <= settings.TIDEBASE_LARGE_BODY_BYTES:
+            yield True
+            return
+        slots = self._semaphore()
+        admitted = slots.acquire(timeout=settings.TIDEBASE_LARGE_BODY_WAIT_S)
+        try:
+            yield admitted
+        finally:
+            if admitted:
+                slots.release()
+
+
+large_bodies = LargeBodies()
 
 
 def _encoded_path(request: HttpRequest) -> str:
@@ -129,6 +166,22 @@ class ProtocolMiddleware:
             else:
                 return json_response({"error": "unauthorized", "code": "unauthorized"}, 401)
         request.tb_principal = principal  # type: ignore[attr-defined]
-        if not _read_chunked(request):  # after auth: never read a stranger's body
-            return _too_large()
-        return self.get_response(request)
+        chunked = (
+            not request.META.get("CONTENT_LENGTH")
+            and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
+        )
+        size = settings.TIDEBASE_MAX_BODY_BYTES if chunked else (int(length) if length.isdigit() else 0)
+        with large_bodies.admit(size) as admitted:  # after auth: a stranger's body takes no slot
+            if not admitted:
+                response = json_response(
+                    {
+                        "error": "too many large request bodies are being processed; retry shortly",
+                        "code": "busy",
+                    },
+                    503,
+                )
+                response["Retry-After"] = "1"
+                return response
+            if not _read_chunked(request):  # after auth: never read a stranger's body
+                return _too_large()
+            return self.get_response(request)

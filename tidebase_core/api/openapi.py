@@ -356,7 +356,8 @@ ERRORS: dict[int, str] = {
     "`gate_already_resolved`, `invalid_token`.",
     413: "The body is larger than `TIDEBASE_MAX_BODY_BYTES` (`payload_too_large`).",
     422: "The run has no recovery webhook (`no_recovery_webhook`).",
-    503: "A lock wait or statement timed out (`lock_timeout`, `statement_timeout`); retry after `Retry-After` seconds.",
+    503: "Busy: a lock wait, statement or pooled connection timed out (`lock_timeout`, `statement_timeout`, "
+    "`pool_timeout`), or too many large bodies are in progress (`busy`); retry after `Retry-After` seconds.",
 }
 
 NOT_FOUND = {
