@@ -14,9 +14,9 @@ from ninja.parser import Parser
 from tidebase_core.api import gates, queues, runs, scopes, state, steps
 from tidebase_core.api.common import issues, loads
 from tidebase_core.api.openapi import DocumentedAPI
-from tidebase_core.db import UNSTORABLE, operational_reply
+from tidebase_core.db import UNSTORABLE, operational_answer
 from tidebase_core.exceptions import DomainError, InvalidRequest, UnsupportedValue
-from tidebase_core.wire import json_response
+from tidebase_core.wire import error_response, json_response
 
 logger = logging.getLogger("tidebase.api")
 
@@ -57,7 +57,7 @@ def health(request: HttpRequest) -> HttpResponse:
 
 @api.exception_handler(DomainError)
 def domain_error(request: HttpRequest, exc: DomainError) -> HttpResponse:
-    return json_response(exc.body(), exc.status_code)
+    return error_response(exc)
 
 
 @api.exception_handler(ValidationError)
@@ -90,14 +90,8 @@ def data_error(request: HttpRequest, exc: DataError) -> HttpResponse:
 def operational_error(request: HttpRequest, exc: OperationalError) -> HttpResponse:
     # A lock wait past TIDEBASE_LOCK_TIMEOUT_MS, a statement past TIDEBASE_STATEMENT_TIMEOUT_MS or
     # no pooled connection in time is transient: 503 with Retry-After (the transaction rolled back).
-    reply = operational_reply(exc, request.path)
-    if reply is None:
-        return unexpected(request, exc)
-    status, body, headers = reply
-    response = json_response(body, status)
-    for name, value in headers:
-        response[name] = value
-    return response
+    answer = operational_answer(exc, request.path)
+    return unexpected(request, exc) if answer is None else domain_error(request, answer)
 
 
 @api.exception_handler(Exception)

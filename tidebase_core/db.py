@@ -22,32 +22,24 @@ logger = logging.getLogger("tidebase.api")
 UNSTORABLE = "a value in the request cannot be stored (out of range, too long, or a NUL character)"
 
 
-def operational_answer(exc: Exception) -> DomainError | None:
+def operational_answer(exc: Exception, path: str) -> DomainError | None:
     """The 4xx/503 for a database ``OperationalError`` a client can act on, or None (a real
-    failure: 500). Shared by the API's error handler and the WSGI step hot path. The database's
-    own text never goes into the answer (it quotes the statement)."""
+    failure: 500). Shared by the middleware (auth's key lookup is a request's first query),
+    ninja's error handler and the step hot path. The database's own text never goes into the
+    answer (it quotes the statement); it is logged."""
     cause = exc.__cause__
+    answer: DomainError | None = None
     if isinstance(cause, psycopg.errors.LockNotAvailable):
-        return ServerBusy("lock_timeout")  # e.g. behind the writer of a 60 MB state
-    if isinstance(cause, psycopg.errors.QueryCanceled):
-        return ServerBusy("statement_timeout")
-    if isinstance(cause, psycopg.errors.ProgramLimitExceeded):  # e.g. an index row too big
-        return UnsupportedValue(UNSTORABLE)
-    if type(cause).__name__ == "PoolTimeout":  # psycopg_pool: no connection free in time
-        return ServerBusy("pool_timeout")
-    return None
-
-
-def operational_reply(exc: Exception, path: str) -> tuple[int, dict[str, Any], list[tuple[str, str]]] | None:
-    """``operational_answer`` as (status, body, headers), logged; None for a real failure. The
-    middleware (auth's key lookup is the first query of a request), ninja's error handler and the
-    hot path all answer through it."""
-    answer = operational_answer(exc)
-    if answer is None:
-        return None
-    logger.info("api.db_refused", extra={"path": path, "error": str(exc)})
-    headers = [("Retry-After", str(answer.retry_after_s))] if isinstance(answer, ServerBusy) else []
-    return answer.status_code, answer.body(), headers
+        answer = ServerBusy("lock_timeout")  # e.g. behind the writer of a 60 MB state
+    elif isinstance(cause, psycopg.errors.QueryCanceled):
+        answer = ServerBusy("statement_timeout")
+    elif isinstance(cause, psycopg.errors.ProgramLimitExceeded):  # e.g. an index row too big
+        answer = UnsupportedValue(UNSTORABLE)
+    elif type(cause).__name__ == "PoolTimeout":  # psycopg_pool: no connection free in time
+        answer = ServerBusy("pool_timeout")
+    if answer is not None:
+        logger.info("api.db_refused", extra={"path": path, "error": str(exc)})
+    return answer
 
 
 STEP_JSON = frozenset({"input", "options", "resume_contract", "output", "error"})

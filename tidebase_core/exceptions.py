@@ -19,6 +19,10 @@ class DomainError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": self.message, "code": self.code, **self.extra}
 
+    def headers(self) -> list[tuple[str, str]]:
+        """Response headers that go with this error (``Retry-After`` for ``ServerBusy``)."""
+        return []
+
 
 class InvalidRequest(DomainError):
     code = "invalid_request"
@@ -39,9 +43,12 @@ class ServerBusy(DomainError):
     status_code = 503
     retry_after_s = 1
 
-    def __init__(self, code: str) -> None:
-        super().__init__(f"the server is busy ({code}); retry shortly")
+    def __init__(self, code: str, message: str | None = None) -> None:
+        super().__init__(message or f"the server is busy ({code}); retry shortly")
         self.code = code
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Retry-After", str(self.retry_after_s))]
 
 
 class Unauthorized(DomainError):

@@ -15,8 +15,9 @@ from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse
 
 from tidebase_core import auth
-from tidebase_core.db import operational_reply
-from tidebase_core.wire import json_response
+from tidebase_core.db import operational_answer
+from tidebase_core.exceptions import ServerBusy
+from tidebase_core.wire import error_response, json_response
 
 PROTOCOL_PREFIXES = ("/health", "/runs", "/queues", "/schedules")
 SSE_PATH = re.compile(r"^/runs/[^/]+/events$")
@@ -117,13 +118,10 @@ class ProtocolMiddleware:
         try:
             response = self._handle(request)
         except OperationalError as exc:  # e.g. no pooled connection for auth's key lookup in time
-            reply = operational_reply(exc, request.path)
-            if reply is None:
+            answer = operational_answer(exc, request.path)
+            if answer is None:
                 raise
-            status, body, headers = reply
-            response = json_response(body, status)
-            for name, value in headers:
-                response[name] = value
+            response = error_response(answer)
         if response.status_code == 405 and not response.get("Content-Type", "").startswith("application/json"):
             allow = response.get("Allow")
             response = json_response(
@@ -173,15 +171,9 @@ class ProtocolMiddleware:
         size = settings.TIDEBASE_MAX_BODY_BYTES if chunked else (int(length) if length.isdigit() else 0)
         with large_bodies.admit(size) as admitted:  # after auth: a stranger's body takes no slot
             if not admitted:
-                response = json_response(
-                    {
-                        "error": "too many large request bodies are being processed; retry shortly",
-                        "code": "busy",
-                    },
-                    503,
+                return error_response(
+                    ServerBusy("busy", "too many large request bodies are being processed; retry shortly")
                 )
-                response["Retry-After"] = "1"
-                return response
             if not _read_chunked(request):  # after auth: never read a stranger's body
                 return _too_large()
             return self.get_response(request)

@@ -100,6 +100,14 @@ def json_response(data: Any, status: int = 200) -> HttpResponse:
     return HttpResponse(dumps(data), status=status, content_type="application/json")
 
 
+def error_response(exc: Any) -> HttpResponse:
+    """A ``DomainError`` as its JSON answer, with its headers (e.g. ``Retry-After``)."""
+    response = json_response(exc.body(), exc.status_code)
+    for name, value in exc.headers():
+        response[name] = value
+    return response
+
+
 def run_out(r: Any) -> dict[str, Any]:
     return {
         "id": r.id,

@@ -31,7 +31,7 @@ from tidebase_core.api import scopes
 from tidebase_core.api.common import loads
 from tidebase_core.api.schemas import StepBeginIn, StepCompleteIn
 from tidebase_core.api.steps import begin_body, complete_body
-from tidebase_core.db import operational_reply
+from tidebase_core.db import operational_answer
 from tidebase_core.exceptions import DomainError
 from tidebase_core.middleware import bearer_token
 from tidebase_core.wire import dumps
@@ -118,17 +118,17 @@ def serve(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]
         try:
             status, data = 200, handler(groups, payload)
         except DomainError as exc:
-            status, data = exc.status_code, exc.body()
+            status, data, extra_headers = exc.status_code, exc.body(), exc.headers()
         except DataError:
             return None  # the statement changed nothing; ninja re-runs it and renders the error
         content = dumps(data)
     except OperationalError as exc:  # a lock, statement or pool timeout (auth's query too): 503
-        reply = operational_reply(exc, environ.get("PATH_INFO", ""))
-        if reply is None:
+        answer = operational_answer(exc, environ.get("PATH_INFO", ""))
+        if answer is None:
             logger.exception("api.unhandled", extra={"path": environ.get("PATH_INFO")})
-            reply = 500, {"error": "internal server error", "code": "internal_error"}, []
-        status, data, extra_headers = reply
-        content = dumps(data)
+            status, content = 500, dumps({"error": "internal server error", "code": "internal_error"})
+        else:
+            status, content, extra_headers = answer.status_code, dumps(answer.body()), answer.headers()
     except Exception:
         logger.exception("api.unhandled", extra={"path": environ.get("PATH_INFO")})
         status, content = 500, dumps({"error": "internal server error", "code": "internal_error"})

@@ -25,11 +25,11 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.http import HttpRequest, HttpResponseBase
 
 from tidebase_core.auth import Principal
 from tidebase_core.exceptions import DomainError, Forbidden, Unauthorized
-from tidebase_core.wire import json_response
+from tidebase_core.wire import error_response
 
 PUBLIC = None
 
@@ -134,14 +134,10 @@ def scoped(operation_id: str) -> Callable[[Callable[..., HttpResponseBase]], Cal
         def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             refused = refusal(request, operation_id)
             if refused is not None:
-                return _render(refused)
+                return error_response(refused)
             return view(request, *args, **kwargs)
 
         checked.tb_operation_id = operation_id  # type: ignore[attr-defined]
         return checked
 
     return decorate
-
-
-def _render(exc: DomainError) -> HttpResponse:
-    return json_response(exc.body(), exc.status_code)
