@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 7373
 WEB_WORKERS ?= 2
-WEB_THREADS ?= 32
+WEB_THREADS ?= 16
 export PORT
 
 .PHONY: help venv run migrate test test-fast lint typecheck bench stop clean

@@ -1,8 +1,16 @@
+"""ASGI entry point: what ``tidebase_core.server`` serves (uvicorn, ``make run``).
+
+The gateway (``tidebase_core.gateway``) holds connections on the event loop and runs the WSGI
+application of ``config.wsgi`` (step hot path, protocol handler, dashboard) on its threads.
+"""
+
 from __future__ import annotations
 
 import os
 
-from django.core.asgi import get_asgi_application
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-application = get_asgi_application()
+
+from config.wsgi import application as wsgi_application
+from tidebase_core.gateway import Gateway
+
+application = Gateway(wsgi_application)

@@ -184,6 +184,14 @@ then get 503 ``busy`` (tidebase_core.middleware.LargeBodies)."""
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = TIDEBASE_MAX_BODY_BYTES
 
+TIDEBASE_WEB_THREADS = env_int("TIDEBASE_WEB_THREADS", 16)
+"""Threads per web process that run Django (tidebase_core.gateway); connections, parked
+long-polls and SSE streams wait on the event loop, not on these."""
+TIDEBASE_BODY_TIMEOUT_S = float(os.environ.get("TIDEBASE_BODY_TIMEOUT_S") or 60)
+"""A request body must arrive whole within this many seconds of its headers, else 408."""
+TIDEBASE_FORM_MAX_BODY_BYTES = env_int("TIDEBASE_FORM_MAX_BODY_BYTES", 2621440)
+"""Largest body for paths outside the wire protocol (dashboard forms, admin): 2.5 MiB."""
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",

@@ -4,7 +4,7 @@ What it does, all on loopback:
 
 1. Creates a fresh database ``tidebase_bench`` next to ``DATABASE_URL`` (or the embedded Postgres)
    and migrates it with ``manage.py migrate``.
-2. Starts gunicorn exactly like ``manage.py tidebase_serve`` (2 gthread workers x 32 threads).
+2. Starts the server exactly like ``manage.py tidebase_serve`` (uvicorn, 2 processes x 16 threads).
 3. Floors: ``bare_rtt_ms``, one urllib.request round trip (a new connection per request, like the
    official client) to a minimal raw-socket HTTP server in another process; ``pg_commit_ms``, one
    autocommit single-row INSERT on the same Postgres.
@@ -50,7 +50,7 @@ OFFICIAL_VERSION = "0.7.0"
 BENCH_DB = "tidebase_bench"
 
 sys.path.insert(0, str(ROOT))
-from tidebase_core.server import gunicorn_argv  # noqa: E402
+from tidebase_core.server import server_argv  # noqa: E402
 
 CONFIG = {
     "rtt_samples": 300,
@@ -179,7 +179,7 @@ def http_get(url: str, timeout: float = 2) -> int:
 
 
 class Server:
-    """gunicorn as ``manage.py tidebase_serve`` runs it, on the bench database."""
+    """The server as ``manage.py tidebase_serve`` runs it, on the bench database."""
 
     def __init__(self, database_url: str) -> None:
         self.port = free_port()
@@ -191,7 +191,7 @@ class Server:
             DATABASE_URL=database_url, PORT=str(self.port), TIDEBASE_PUBLIC_URL=self.url, TIDEBASE_API_KEY=""
         )
         self.proc = subprocess.Popen(
-            gunicorn_argv(bind=f"127.0.0.1:{self.port}", workers=2, threads=32),
+            server_argv(bind=f"127.0.0.1:{self.port}", workers=2, threads=16),
             cwd=ROOT,
             env=env,
             stdout=self.log,
@@ -767,7 +767,7 @@ def main(argv: list[str]) -> int:
     report: dict[str, Any] = {
         "bench": {
             "database": BENCH_DB,
-            "server": " ".join(gunicorn_argv(bind="127.0.0.1:PORT", workers=2, threads=32)[1:]),
+            "server": " ".join(server_argv(bind="127.0.0.1:PORT", workers=2, threads=16)[1:]),
             "config": CONFIG,
             "duration_s": None,
         },

@@ -1,5 +1,5 @@
 """Shared fixtures. Tests run against real Postgres: the machine's (``DATABASE_URL``) in CI, the
-embedded one on a fresh machine. ``live_server_url`` is a real gunicorn process on the test
+embedded one on a fresh machine. ``live_server_url`` is a real server process on the test
 database, so HTTP tests cross a real socket and a real server, as clients do."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import httpx
 import pytest
 from django.db import connection
 
-from tidebase_core.server import gunicorn_argv
+from tidebase_core.server import server_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,15 +40,15 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """A gunicorn process serving the project on the test database."""
+    """The project served as ``make run`` serves it (``tidebase_core.server``), on the test database."""
 
-    def __init__(self, env: dict[str, str], workers: int = 2) -> None:
+    def __init__(self, env: dict[str, str], workers: int = 2, threads: int = 16) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, **env, "PORT": str(self.port), "TIDEBASE_PUBLIC_URL": self.url}
         self.log = open(ROOT / "var" / f"live-{self.port}.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            gunicorn_argv(bind=f"127.0.0.1:{self.port}", workers=workers, threads=16, graceful_timeout=2),
+            server_argv(bind=f"127.0.0.1:{self.port}", workers=workers, threads=threads, graceful_timeout=2),
             cwd=ROOT,
             env=full_env,
             stdout=self.log,

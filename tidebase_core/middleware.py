@@ -169,6 +169,8 @@ class ProtocolMiddleware:
             and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
         )
         size = settings.TIDEBASE_MAX_BODY_BYTES if chunked else (int(length) if length.isdigit() else 0)
+        if request.META.get("tidebase.admitted"):
+            size = 0  # the ASGI gateway admitted this body before reading it (tidebase_core.gateway)
         with large_bodies.admit(size) as admitted:  # after auth: a stranger's body takes no slot
             if not admitted:
                 return error_response(

@@ -5,10 +5,15 @@ Every event insert fires ``pg_notify('tidebase_events', run_id)`` from a trigger
 listening connection of every web process, so a subscriber is woken exactly for committed
 events whichever replica wrote them. Each process runs one listener thread with its own
 connection; waiters re-read the events table, so a lost notification delays, never drops.
+
+A waiter is a ``Flag``: a thread blocks on ``wait()`` (plain WSGI), a coroutine of the ASGI
+gateway awaits ``future()`` (``tidebase_core.gateway``), so a parked long-poll or SSE stream
+costs a subscription and a future, not a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -23,10 +28,59 @@ QUEUE_CHANNEL = "tidebase_queues"
 """Payload: a queue name, notified when a run becomes claimable there (waiters use "queue:<name>")."""
 
 
+class Flag:
+    """A ``threading.Event`` that a coroutine can await too. ``set()`` is called from the
+    listener thread; an awaiting coroutine is woken on its own loop."""
+
+    __slots__ = ("_event", "_waiter")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+
+    def set(self) -> None:
+        self._event.set()  # before reading the waiter: see future()
+        waiter = self._waiter
+        if waiter is not None:
+            loop, future = waiter
+            loop.call_soon_threadsafe(_resolve, future)
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(timeout)
+
+    def future(self) -> asyncio.Future[None]:
+        """A future of the running loop, done once the flag is set (at once if it already is).
+        The waiter is registered before the flag is read, and ``set()`` sets before it reads the
+        waiter, so a concurrent ``set()`` is never missed. One awaiting coroutine per flag."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiter = (loop, future)
+        if self._event.is_set():
+            _resolve(future)
+        return future
+
+    def forget(self) -> None:
+        """Drop the awaiting coroutine's future (it timed out or its client left)."""
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter[1].cancel()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class Hub:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiters: dict[str, set[threading.Event]] = defaultdict(set)
+        self._waiters: dict[str, set[Flag]] = defaultdict(set)
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
 
@@ -40,17 +94,17 @@ class Hub:
             self._thread.start()
         self._ready.wait(timeout=5)
 
-    def subscribe(self, *keys: str) -> threading.Event:
+    def subscribe(self, *keys: str) -> Flag:
         """Register interest in runs (by id) or queues ("queue:<name>"). Subscribe *before*
         reading the current state, so a change committed in between still wakes the waiter."""
         self._ensure_started()
-        flag = threading.Event()
+        flag = Flag()
         with self._lock:
             for key in keys:
                 self._waiters[key].add(flag)
         return flag
 
-    def unsubscribe(self, flag: threading.Event, *keys: str) -> None:
+    def unsubscribe(self, flag: Flag, *keys: str) -> None:
         with self._lock:
             for key in keys:
                 waiters = self._waiters.get(key)

@@ -1,43 +1,135 @@
-"""The one gunicorn command line, shared by ``tidebase_serve``, the test suite and ``make bench``.
+"""How a web process is served: uvicorn on an event loop, in front of ``tidebase_core.gateway``.
 
-Threaded workers (``gthread``): SSE streams and gate/claim long-polls hold a thread each while
-they wait, and idle keep-alive connections wait in the worker's poller, not on a thread.
-Two alternatives were measured against it on step traffic and dropped: gunicorn's sync worker
-run by N threads each blocking in ``accept()``, and a pool that reuses the most recently idle
-thread. Neither served faster. A single-threaded sync worker does (about 0.3 ms less per
-request on this project's benchmark machine) but cannot hold SSE streams or long-polls.
+``python -m tidebase_core.server --bind HOST:PORT --workers N --threads T`` is the one command
+line, shared by ``tidebase_serve`` (``make run``), the test suite and ``make bench``
+(``server_argv``). uvicorn (httptools parser, uvloop) holds every connection on one event loop
+per process; the gateway runs Django on ``T`` threads only while there is work for it, so open
+SSE streams, parked long-polls, idle keep-alive connections and slow clients cost memory, not
+threads (docs/serving.md). ``N`` processes share the listening socket; uvicorn restarts one
+that dies.
 
-No access log unless asked for: with ``--access-logfile /dev/null`` gunicorn still formats
-the line for every request.
+Two things uvicorn does not do on its own, added here:
+
+- a deadline for a request's headers (``TIDEBASE_HEADER_TIMEOUT_S``): uvicorn waits forever for a
+  connection that sends nothing, or half a request line. ``DeadlineProtocol`` answers 408 and
+  closes it. The body has its own deadline in the gateway (``TIDEBASE_BODY_TIMEOUT_S``);
+- a file-descriptor limit that fits thousands of connections: the soft limit is raised to the
+  hard one at start.
+
+``X-Forwarded-*`` headers are left to Django (``TIDEBASE_PROXY_COUNT``), not to uvicorn.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import os
+import resource
 import sys
 
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-def gunicorn_argv(
-    *, bind: str, workers: int, threads: int, graceful_timeout: int = 5, access_log: bool = False
-) -> list[str]:
-    """The one gunicorn command line: ``tidebase_serve``, the test suite and ``make bench``."""
-    argv = [
+_REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b'content-length: 71\r\n\r\n{"error":"the request did not arrive in time","code":"request_timeout"}'
+)
+
+
+class DeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline from the first byte a request may send (the
+    connection opening, or the end of the previous answer) to the end of its headers."""
+
+    header_timeout_s = float(os.environ.get("TIDEBASE_HEADER_TIMEOUT_S") or 10)
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._deadline is None:
+            self._deadline = self.loop.call_later(self.header_timeout_s, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:  # no request of ours is running
+            self.transport.write(_REQUEST_TIMEOUT)
+            self.transport.close()
+
+
+def server_argv(*, bind: str, workers: int, threads: int, graceful_timeout: int = 5) -> list[str]:
+    """The one command line that serves the project: ``tidebase_serve``, the tests, ``make bench``."""
+    return [
         sys.executable,
         "-m",
-        "gunicorn",
-        "config.wsgi",
+        "tidebase_core.server",
         "--bind",
         bind,
         "--workers",
         str(workers),
-        "--worker-class",
-        "gthread",
         "--threads",
         str(threads),
         "--graceful-timeout",
         str(graceful_timeout),
-        "--timeout",
-        "120",
     ]
-    if access_log:
-        argv += ["--access-logfile", "-"]
-    return argv
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog="python -m tidebase_core.server")
+    parser.add_argument("--bind", default="127.0.0.1:7373")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--graceful-timeout", type=int, default=5)
+    parser.add_argument("--access-log", action="store_true")
+    args = parser.parse_args(argv)
+    host, _, port = args.bind.rpartition(":")
+    _raise_fd_limit()
+    os.environ["TIDEBASE_WEB_THREADS"] = str(args.threads)  # read by the gateway in each worker
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    uvicorn.run(
+        "config.asgi:application",
+        host=host.strip("[]") or "127.0.0.1",
+        port=int(port),
+        workers=args.workers,
+        http=DeadlineProtocol,
+        loop="uvloop",
+        lifespan="on",
+        proxy_headers=False,
+        server_header=False,
+        access_log=args.access_log,
+        timeout_keep_alive=int(os.environ.get("TIDEBASE_KEEPALIVE_S") or 75),
+        timeout_graceful_shutdown=args.graceful_timeout,
+        backlog=4096,
+        log_level=os.environ.get("TIDEBASE_SERVER_LOG_LEVEL", "warning"),
+    )
+
+
+if __name__ == "__main__":
+    main()

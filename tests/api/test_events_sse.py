@@ -1,4 +1,4 @@
-"""The SSE event stream against a real gunicorn: framing, resume points, keep-alives, and that a
+"""The SSE event stream against a real server: framing, resume points, keep-alives, and that a
 subscriber sees exactly the committed events, whichever process wrote them."""
 
 from __future__ import annotations

@@ -17,11 +17,11 @@ from tests.live import wait_for
 
 APP = "tb_pool_probe"
 POOL = 2
-WORKERS = 2  # LiveServer's gunicorn processes
+WORKERS = 2  # LiveServer's web processes
 LISTENERS = WORKERS  # each process's LISTEN connection (tidebase_core.realtime), not pooled
 LONG_POLLS = 12
-"""Fewer than one process's 16 threads: gunicorn may hand every long-poll to the same process,
-and the other requests of the test still need a thread there (each long-poll holds one: #11)."""
+"""More than the pools' connections: a waiting long-poll holds no connection (and, under the
+gateway, no thread: tests/api/test_open_connections.py holds hundreds)."""
 
 
 def pooled_server(database_url: str, workers: int) -> LiveServer:
@@ -47,7 +47,7 @@ def pooled(test_database_url: str) -> Iterator[LiveServer]:
 
 @pytest.fixture
 def one_process(test_database_url: str) -> Iterator[LiveServer]:
-    """One gunicorn process, so a test knows which pool a request lands in."""
+    """One web process, so a test knows which pool a request lands in."""
     server = pooled_server(test_database_url, 1)
     yield server
     server.stop()

@@ -3,7 +3,7 @@
 Schemathesis reads the document and runs every check it has (``--checks all``: no 5xx, only
 documented statuses, content types and headers, bodies that match the declared schemas, invalid
 requests refused and valid ones accepted, auth enforced, links between operations) against a live
-gunicorn server with an API key, in all its phases (examples, coverage, fuzzing, stateful). Any
+server with an API key, in all its phases (examples, coverage, fuzzing, stateful). Any
 failure fails the test, and CI with it. The run is seeded, so a failure reproduces; set
 ``TIDEBASE_SCHEMATHESIS_SEED`` to explore with another seed.
 

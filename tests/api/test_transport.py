@@ -1,4 +1,4 @@
-"""Transport (issue #12, item 7) through a live gunicorn server: chunked request bodies are read
+"""Transport (issue #12, item 7) through a live server: chunked request bodies are read
 (up to ``TIDEBASE_MAX_BODY_BYTES``), the ``Bearer`` auth scheme is case-insensitive (RFC 7235),
 and a NUL character in the URL is a clear 400."""
 

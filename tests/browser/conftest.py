@@ -1,4 +1,4 @@
-"""Browser tests: Playwright driving Debian's Chromium against the live gunicorn server
+"""Browser tests: Playwright driving Debian's Chromium against the live server
 (``live_server_url``), which serves the dashboard and the API. Never ``playwright install``."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Interop fixtures: the official ``tidebase==0.7.0`` client lives in its own virtualenv
 (``var/interop-venv``) because it shares the import name ``tidebase`` with the repo's SDK.
-Scenarios run there as subprocesses (``scenarios.py``) against a live gunicorn server."""
+Scenarios run there as subprocesses (``scenarios.py``) against a live server."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Fixtures for the SDK's live tests: our ``tidebase`` client (sync and async) against a real
-gunicorn server on the test database.
+server on the test database.
 
 * ``live_server_url`` (tests/conftest.py): the shared open server, default 60 s leases.
 * ``short_lease`` (tests/conftest.py): a second open server with ``TIDEBASE_LEASE_MS=1500`` for crash, takeover

@@ -9,11 +9,10 @@ A comment line every ``TIDEBASE_SSE_KEEPALIVE_S`` keeps proxies from closing an 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 
-from django.conf import settings
 from django.db import close_old_connections
-from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from tidebase_core import wire
@@ -21,8 +20,8 @@ from tidebase_core.api.common import seg
 from tidebase_core.api.scopes import scoped
 from tidebase_core.db import flush_barrier
 from tidebase_core.exceptions import DomainError, InvalidRequest
-from tidebase_core.realtime import hub
 from tidebase_core.selectors.runs import events_after
+from tidebase_core.waiting import EventStream
 
 
 def _start(request: HttpRequest) -> int:
@@ -38,30 +37,26 @@ def _start(request: HttpRequest) -> int:
     return after
 
 
-def _stream(run_id: str, after: int) -> Iterator[bytes]:
-    flag = hub.subscribe(run_id)
-    keepalive = settings.TIDEBASE_SSE_KEEPALIVE_S
-    try:
-        yield b": connected\n\n"
-        while True:
-            flag.clear()
-            batch = events_after(run_id=run_id, after=after)
-            if batch:
-                flush_barrier()  # never send an event a Postgres crash could still take back
-            close_old_connections()
-            if batch:
-                chunk = []
-                for event in batch:
-                    chunk.append(
-                        b"data: " + wire.dumps(wire.event_out(event)) + b"\nid: " + str(event.seq).encode() + b"\n\n"
-                    )
-                    after = event.seq
-                yield b"".join(chunk)
-                continue
-            if not flag.wait(keepalive):
-                yield b": keep-alive\n\n"
-    finally:
-        hub.unsubscribe(flag, run_id)
+def _poll(run_id: str, after: int) -> Callable[[], bytes | None]:
+    """The stream's next chunk: every event committed after the last one sent, or None."""
+    cursor = after
+
+    def poll() -> bytes | None:
+        nonlocal cursor
+        try:
+            batch = events_after(run_id=run_id, after=cursor)
+            if not batch:
+                return None
+            flush_barrier()  # never send an event a Postgres crash could still take back
+        finally:
+            close_old_connections()  # no connection held between polls
+        chunk = []
+        for event in batch:
+            chunk.append(b"data: " + wire.dumps(wire.event_out(event)) + b"\nid: " + str(event.seq).encode() + b"\n\n")
+            cursor = event.seq
+        return b"".join(chunk)
+
+    return poll
 
 
 @csrf_exempt  # a protocol path: never demand CSRF tokens (§19.9), answer 405 JSON instead
@@ -73,7 +68,5 @@ def run_events(request: HttpRequest, run_id: str) -> HttpResponseBase:
         after = _start(request)
     except DomainError as exc:  # a plain Django view: render like the ninja error handler
         return wire.json_response(exc.body(), exc.status_code)
-    response = StreamingHttpResponse(_stream(seg(run_id), after), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    rid = seg(run_id)
+    return EventStream((rid,), _poll(rid, after))

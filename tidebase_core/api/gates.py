@@ -1,9 +1,5 @@
 from __future__ import annotations
 
-import time
-
-from django.conf import settings
-from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
@@ -12,8 +8,9 @@ from tidebase_core.api.common import channels_in, principal, seg
 from tidebase_core.api.schemas import GateBeginIn, GateResolveIn
 from tidebase_core.auth import TOKEN_ONLY
 from tidebase_core.exceptions import Forbidden, InvalidRequest
-from tidebase_core.realtime import hub
+from tidebase_core.models import Gate
 from tidebase_core.services import gates as services
+from tidebase_core.waiting import Parked, Poll, long_poll
 
 router = Router(tags=["gates"])
 
@@ -45,23 +42,17 @@ def get_gate(request: HttpRequest, run_id: str, gate_id: str, waitMs: int = 0) -
     rid, gid = seg(run_id), seg(gate_id)
     if waitMs < 0:
         raise InvalidRequest("waitMs must be >= 0", field="waitMs")
-    deadline = time.monotonic() + min(waitMs, settings.TIDEBASE_GATE_WAIT_MAX_MS) / 1000
-    flag = hub.subscribe(rid) if waitMs > 0 else None
-    try:
-        while True:
-            gate, run_status, db_now = services.gate_get(run_id=rid, gate_id=gid)
-            remaining = deadline - time.monotonic()
-            if gate.status != "pending" or run_status == "cancelled" or flag is None or remaining <= 0:
-                break
-            if gate.timeout_at is not None:  # wake up to report the timeout when it falls due
-                due = (gate.timeout_at - db_now).total_seconds()
-                remaining = min(remaining, max(due, 0) + 0.05)
-            close_old_connections()  # give the connection back to the pool while waiting
-            flag.wait(remaining)
-            flag.clear()
-    finally:
-        if flag is not None:
-            hub.unsubscribe(flag, rid)
+
+    def check() -> Poll[tuple[Gate, str]]:
+        gate, run_status, db_now = services.gate_get(run_id=rid, gate_id=gid)
+        done = gate.status != "pending" or run_status == "cancelled"
+        due = None if gate.timeout_at is None else max((gate.timeout_at - db_now).total_seconds(), 0) + 0.05
+        return Poll((gate, run_status), done, recheck_s=due)  # wake up to report a timeout when due
+
+    answer = long_poll(request, [rid], waitMs, check)
+    if isinstance(answer, Parked):
+        return answer
+    gate, run_status = answer
     return wire.json_response(
         {
             "gate": wire.gate_out(gate, show_token=principal(request).can_resolve),

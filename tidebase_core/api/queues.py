@@ -1,18 +1,15 @@
 from __future__ import annotations
 
-import time
-
-from django.conf import settings
-from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
 from tidebase_core import wire
 from tidebase_core.api.common import channels_in, idempotency, seg
 from tidebase_core.api.schemas import ClaimIn, EnqueueIn, QueueConfigIn, ScheduleIn
+from tidebase_core.db import Row
 from tidebase_core.models import Schedule
-from tidebase_core.realtime import hub
 from tidebase_core.services import queues as services
+from tidebase_core.waiting import Parked, Poll, long_poll
 
 router = Router(tags=["queues"])
 schedules_router = Router(tags=["schedules"])
@@ -23,21 +20,15 @@ def claim_runs(request: HttpRequest, payload: ClaimIn) -> HttpResponse:
     """Claim ready runs. Additive: ``waitMs`` long-polls — with nothing to claim, the request
     waits (up to ``TIDEBASE_GATE_WAIT_MAX_MS``) and is woken when a run is enqueued on one of
     the queues, instead of the worker sleeping ``poll_s`` between claims."""
-    keys = [f"queue:{q}" for q in payload.queues]
-    deadline = time.monotonic() + min(payload.waitMs, settings.TIDEBASE_GATE_WAIT_MAX_MS) / 1000
-    flag = hub.subscribe(*keys) if payload.waitMs > 0 else None
-    try:
-        while True:
-            runs, owner = services.claim(queues=payload.queues, owner=payload.leaseOwner, limit=payload.limit)
-            remaining = deadline - time.monotonic()
-            if runs or flag is None or remaining <= 0:
-                break
-            close_old_connections()  # give the connection back to the pool while waiting
-            flag.wait(remaining)
-            flag.clear()
-    finally:
-        if flag is not None:
-            hub.unsubscribe(flag, *keys)
+
+    def check() -> Poll[tuple[list[Row], str]]:
+        runs, owner = services.claim(queues=payload.queues, owner=payload.leaseOwner, limit=payload.limit)
+        return Poll((runs, owner), bool(runs))
+
+    answer = long_poll(request, [f"queue:{q}" for q in payload.queues], payload.waitMs, check)
+    if isinstance(answer, Parked):
+        return answer
+    runs, owner = answer
     return wire.json_response({"runs": [wire.run_out(r) for r in runs], "leaseOwner": owner})
 
 

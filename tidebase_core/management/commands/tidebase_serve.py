@@ -1,6 +1,7 @@
-"""Serve the project with gunicorn (threaded workers: SSE streams and gate long-polls hold a
-thread each while they wait). Applies migrations first unless TIDEBASE_AUTO_MIGRATE=0, in
-which case it refuses to start with migrations pending (PROTOCOL.md §16).
+"""Serve the project (``tidebase_core.server``: uvicorn in front of the gateway, which runs
+Django on a thread pool; open connections wait on the event loop). Applies migrations first
+unless TIDEBASE_AUTO_MIGRATE=0, in which case it refuses to start with migrations pending
+(PROTOCOL.md §16).
 
 With debug off it refuses the built-in development ``SECRET_KEY`` unless it listens on loopback
 only: anyone can read that key, so anyone could forge dashboard sessions and CSRF tokens."""
@@ -18,17 +19,17 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
 from tidebase_core.checks import is_loopback, uses_development_secret_key
-from tidebase_core.server import gunicorn_argv
+from tidebase_core.server import server_argv
 
 
 class Command(BaseCommand):
-    help = "Run the Tidebase web server (gunicorn) on $PORT."
+    help = "Run the Tidebase web server on $PORT."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--port", type=int, default=settings.PORT)
         parser.add_argument("--host", default=os.environ.get("TIDEBASE_HOST", "127.0.0.1"))
         parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_WORKERS", "2")))
-        parser.add_argument("--threads", type=int, default=int(os.environ.get("WEB_THREADS", "32")))
+        parser.add_argument("--threads", type=int, default=int(os.environ.get("WEB_THREADS", "16")))
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._refuse_development_key(options["host"])
@@ -41,9 +42,9 @@ class Command(BaseCommand):
         connection.close()
         bind = f"{options['host']}:{options['port']}"
         self.stdout.write(f"Tidebase listening on http://{bind} (dashboard /dashboard/, admin /admin/)")
-        argv = gunicorn_argv(
-            bind=bind, workers=options["workers"], threads=options["threads"], access_log=settings.DEBUG
-        )
+        argv = server_argv(bind=bind, workers=options["workers"], threads=options["threads"])
+        if settings.DEBUG:
+            argv.append("--access-log")
         os.execv(sys.executable, argv)  # noqa: S606
 
     def _refuse_development_key(self, host: str) -> None:
