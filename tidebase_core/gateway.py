@@ -132,7 +132,8 @@ class Gateway:
                 return
         try:
             try:
-                body = await asyncio.wait_for(_read_body(receive, limit), settings.TIDEBASE_BODY_TIMEOUT_S)
+                async with asyncio.timeout(settings.TIDEBASE_BODY_TIMEOUT_S):  # no task per request
+                    body = await _read_body(receive, limit)
             except TimeoutError:
                 late: dict[str, object] = {
                     "error": "the request body did not arrive in time",
@@ -166,23 +167,22 @@ class Gateway:
 
     async def _dispatch(self, environ: dict[str, Any], body: bytes, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
-        left = loop.create_task(_until_disconnect(receive))
+        client = _Client(receive, send)
         try:
             while True:
                 environ["wsgi.input"] = io.BytesIO(body)
-                emit = _Emitter(loop, send, left)
-                outcome = await loop.run_in_executor(self.executor, _call, self.wsgi, environ, emit)
+                outcome = await loop.run_in_executor(self.executor, _call, self.wsgi, environ, client)
                 if isinstance(outcome, Parked):
                     try:
-                        await _wait(outcome.flag, outcome.wait_s, left)
+                        await _wait(outcome.flag, outcome.wait_s, client.watch())
                     finally:
                         outcome.release()
-                    if left.done():
+                    if client.gone:
                         return
                     environ[DEADLINE] = outcome.deadline
                     continue
                 if isinstance(outcome, EventStream):
-                    await self._events(outcome, send, left)
+                    await self._events(outcome, client)
                     return
                 if outcome is None:  # streamed by the worker thread
                     return
@@ -190,42 +190,72 @@ class Gateway:
                 await _respond(send, status, headers, content)
                 return
         finally:
-            left.cancel()
+            client.close()
 
-    async def _events(self, stream: EventStream, send: Send, left: asyncio.Task[None]) -> None:
+    async def _events(self, stream: EventStream, client: _Client) -> None:
         """An SSE stream: a thread is asked for the next chunk only when the flag was set."""
         loop = asyncio.get_running_loop()
+        left = client.watch()
         try:
-            await send({"type": "http.response.start", "status": stream.status_code, "headers": _wire_headers(stream)})
-            await _send_chunk(send, b": connected\n\n", left)
+            start = {"type": "http.response.start", "status": stream.status_code, "headers": _wire_headers(stream)}
+            await client.send(start)
+            await client.chunk(b": connected\n\n")
             while True:
                 stream.flag.clear()
                 chunk = await loop.run_in_executor(self.executor, stream.poll)
                 if chunk:
-                    await _send_chunk(send, chunk, left)
+                    await client.chunk(chunk)
                     continue
                 woken = await _wait(stream.flag, stream.keepalive_s, left)
-                if left.done():
+                if client.gone:
                     return
                 if not woken:
-                    await _send_chunk(send, b": keep-alive\n\n", left)
+                    await client.chunk(b": keep-alive\n\n")
         except _Disconnected:
             return
         finally:
             stream.release()
 
 
-class _Emitter:
-    """Lets a worker thread write a streaming response (the usage CSV) through the loop. Its
-    generator may hold a cursor, so it is consumed and closed on the thread that started it."""
+class _Client:
+    """The client side of one request: how to write to it, and whether it has gone away. Its
+    disconnect is watched (a task awaiting ``http.disconnect``) only once the request waits or
+    streams: a plain request pays nothing for it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, send: Send, left: asyncio.Task[None]) -> None:
-        self.loop, self.send, self.left = loop, send, left
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self.receive, self.send = receive, send
+        self._left: asyncio.Task[None] | None = None
+        self.loop = asyncio.get_running_loop()
 
-    def __call__(self, message: Message) -> None:
-        if self.left.done():
+    def watch(self) -> asyncio.Task[None]:
+        if self._left is None:
+            self._left = self.loop.create_task(_until_disconnect(self.receive))
+        return self._left
+
+    @property
+    def gone(self) -> bool:
+        return self._left is not None and self._left.done()
+
+    async def chunk(self, data: bytes) -> None:
+        self.watch()
+        if self.gone:
             raise _Disconnected
-        asyncio.run_coroutine_threadsafe(self.send(message), self.loop).result()
+        await self.send({"type": "http.response.body", "body": data, "more_body": True})
+
+    def emit(self, message: Message) -> None:
+        """Write from a worker thread (a streaming response such as the usage CSV, whose
+        generator may hold a cursor and so is consumed on the thread that started it)."""
+        asyncio.run_coroutine_threadsafe(self._emit(message), self.loop).result()
+
+    async def _emit(self, message: Message) -> None:
+        self.watch()
+        if self.gone:
+            raise _Disconnected
+        await self.send(message)
+
+    def close(self) -> None:
+        if self._left is not None:
+            self._left.cancel()
 
 
 def _authenticate_in_thread(token: str) -> object | None:
@@ -237,7 +267,7 @@ def _authenticate_in_thread(token: str) -> object | None:
         close_old_connections()
 
 
-def _call(wsgi: WSGIApp, environ: dict[str, Any], emit: _Emitter) -> Parked | EventStream | Answer | None:
+def _call(wsgi: WSGIApp, environ: dict[str, Any], client: _Client) -> Parked | EventStream | Answer | None:
     """Run the WSGI application on this (worker) thread. A complete answer is read, and the
     response closed, here: on the thread whose database connection it used."""
     started: list[Any] = []
@@ -255,12 +285,12 @@ def _call(wsgi: WSGIApp, environ: dict[str, Any], emit: _Emitter) -> Parked | Ev
     try:
         if not getattr(result, "streaming", False):
             return status, headers, b"".join(result)
-        emit({"type": "http.response.start", "status": status, "headers": headers})
+        client.emit({"type": "http.response.start", "status": status, "headers": headers})
         try:
             for chunk in result:
                 if chunk:
-                    emit({"type": "http.response.body", "body": chunk, "more_body": True})
-            emit({"type": "http.response.body", "body": b"", "more_body": False})
+                    client.emit({"type": "http.response.body", "body": chunk, "more_body": True})
+            client.emit({"type": "http.response.body", "body": b"", "more_body": False})
         except _Disconnected:
             pass
         return None
@@ -295,16 +325,19 @@ async def _until_disconnect(receive: Receive) -> None:
             return
 
 
-async def _send_chunk(send: Send, chunk: bytes, left: asyncio.Task[None]) -> None:
-    if left.done():
-        raise _Disconnected
-    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
     """The whole request body, or None once it passes ``limit`` bytes."""
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise _Disconnected
+    first: bytes = message.get("body", b"")
+    if len(first) > limit:
+        return None
+    if not message.get("more_body", False):
+        return first  # the usual case: the whole body came with the headers
     buffer = io.BytesIO()
-    size = 0
+    buffer.write(first)
+    size = len(first)
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
