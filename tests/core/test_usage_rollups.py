@@ -112,7 +112,9 @@ def assert_consistent() -> None:
 
 
 class Clock:
-    """``timezone.now`` for ``auto_now_add``: records land on chosen instants."""
+    """Records land on chosen instants: ``timezone.now`` for ``auto_now_add`` (a record written
+    around ``usage_record``), and ``at=clock.at`` for ``usage_record``, which otherwise stamps
+    with the database's clock."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.at = dt.datetime(2025, 3, 1, 12, tzinfo=dt.UTC)
@@ -145,7 +147,7 @@ def test_rollups__equal_a_group_by_across_days_models_workflows_and_nulls(monkey
     ]
     for i in range(60):  # in time order, as one clock writes them
         clock.at = instants[i * len(instants) // 60] + dt.timedelta(microseconds=i)
-        usage.usage_record(run_id=made[i % 3].id, **next(shapes))
+        usage.usage_record(run_id=made[i % 3].id, at=clock.at, **next(shapes))
     assert UsageRecord.objects.count() == 60
     assert UsageDaily.objects.filter(provider__isnull=True, model__isnull=True).exists()
     assert_consistent()
@@ -188,8 +190,8 @@ def test_rebuild__recomputes_from_a_day_on_and_check_finds_drift(monkeypatch: py
     other = runs.run_create(workflow_name="review", input={})
     for day in (1, 2, 3):
         clock.at = dt.datetime(2025, 3, day, 10, tzinfo=dt.UTC)
-        usage.usage_record(run_id=run.id, provider="p", model="m", input_tokens=day, cost_usd=Decimal(day))
-        usage.usage_record(run_id=other.id, provider=None, model=None, cost_usd=Decimal("0.1"))
+        usage.usage_record(run_id=run.id, provider="p", model="m", input_tokens=day, cost_usd=Decimal(day), at=clock.at)
+        usage.usage_record(run_id=other.id, provider=None, model=None, cost_usd=Decimal("0.1"), at=clock.at)
     assert_consistent()
     before = actual_daily()
     # drift: a record written around usage_record, and a damaged rollup row

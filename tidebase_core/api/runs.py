@@ -14,6 +14,7 @@ from tidebase_core.api.schemas import (
     RunFailIn,
     RunRecoverIn,
 )
+from tidebase_core.auth import Principal
 from tidebase_core.exceptions import InvalidRequest
 from tidebase_core.selectors import runs as selectors
 from tidebase_core.services import runs as services
@@ -25,15 +26,21 @@ router = Router(tags=["runs"])
 def create_run(request: HttpRequest, run_id: str, payload: RunCreateIn) -> HttpResponse:
     """``POST /runs/:workflowName``. The segment is the workflow name; it shares its URL
     pattern with ``GET /runs/:runId``, which Django needs spelled identically."""
+    return wire.json_response(create_body(seg(run_id), payload, request))
+
+
+def create_body(workflow_name: str, payload: RunCreateIn, request: HttpRequest) -> dict[str, object]:
+    """Create a run and shape the answer; shared with the WSGI hot path (``request`` gives the
+    caller's scope for the channels and the ``Idempotency-Key`` header)."""
     run = services.run_create(
-        workflow_name=seg(run_id),
+        workflow_name=workflow_name,
         input=payload.input,
         metadata=payload.metadata,
         recovery_webhook=str(payload.recoveryWebhook) if payload.recoveryWebhook else None,
         channels=channels_in(request, payload.channels),
         idempotency=idempotency(request, "run_create"),
     )
-    return wire.json_response({"run": wire.run_out(run)})
+    return {"run": wire.run_out(run)}
 
 
 @router.get("", operation_id="list_runs")
@@ -43,13 +50,23 @@ def list_runs(request: HttpRequest) -> HttpResponse:
 
 @router.get("/{run_id}", operation_id="get_run")
 def get_run(request: HttpRequest, run_id: str) -> HttpResponse:
-    return wire.json_response(selectors.run_detail(run_id=seg(run_id), show_tokens=principal(request).can_resolve))
+    return wire.json_response(detail_body(seg(run_id), principal(request)))
+
+
+def detail_body(run_id: str, who: Principal) -> dict[str, object]:
+    """Run detail (resolve tokens only for callers that may resolve); shared with the hot path."""
+    return selectors.run_detail(run_id=run_id, show_tokens=who.can_resolve)
 
 
 @router.post("/{run_id}/begin", operation_id="begin_run")
 def begin_run(request: HttpRequest, run_id: str) -> HttpResponse:
-    run, owner = services.run_begin(run_id=seg(run_id), owner=request.headers.get("x-tidebase-worker") or None)
-    return wire.json_response({"run": wire.run_out(run), "leaseOwner": owner})
+    return wire.json_response(begin_body(seg(run_id), request.headers.get("x-tidebase-worker") or None))
+
+
+def begin_body(run_id: str, owner: str | None) -> dict[str, object]:
+    """Acquire the run lease (the owner from ``x-tidebase-worker``); shared with the hot path."""
+    run, lease_owner = services.run_begin(run_id=run_id, owner=owner)
+    return {"run": wire.run_out(run), "leaseOwner": lease_owner}
 
 
 @router.post("/{run_id}/heartbeat", operation_id="heartbeat_run")
@@ -62,14 +79,23 @@ def heartbeat_run(request: HttpRequest, run_id: str, payload: HeartbeatIn) -> Ht
 
 @router.post("/{run_id}/complete", operation_id="complete_run")
 def complete_run(request: HttpRequest, run_id: str, payload: RunCompleteIn) -> HttpResponse:
-    run = services.run_complete(run_id=seg(run_id), result=payload.result)
-    return wire.json_response({"run": wire.run_out(run)})
+    return wire.json_response(complete_body(seg(run_id), payload))
+
+
+def complete_body(run_id: str, payload: RunCompleteIn) -> dict[str, object]:
+    """Finish a run and shape the answer; shared with the hot path."""
+    return {"run": wire.run_out(services.run_complete(run_id=run_id, result=payload.result))}
 
 
 @router.post("/{run_id}/fail", operation_id="fail_run")
 def fail_run(request: HttpRequest, run_id: str, payload: RunFailIn) -> HttpResponse:
-    run, requeued = services.run_fail(run_id=seg(run_id), error=payload.error, failure_class=payload.failureClass)
-    return wire.json_response({"run": wire.run_out(run), "requeued": requeued})
+    return wire.json_response(fail_body(seg(run_id), payload))
+
+
+def fail_body(run_id: str, payload: RunFailIn) -> dict[str, object]:
+    """Report a run failure and shape the answer; shared with the hot path."""
+    run, requeued = services.run_fail(run_id=run_id, error=payload.error, failure_class=payload.failureClass)
+    return {"run": wire.run_out(run), "requeued": requeued}
 
 
 @router.post("/{run_id}/cancel", operation_id="cancel_run")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
@@ -13,9 +15,11 @@ from tidebase_core.services.usage import usage_record
 router = Router(tags=["state"])
 
 
-def _write(run_id: str, payload: StateWriteIn, *, merge: bool) -> HttpResponse:
+def state_body(run_id: str, payload: StateWriteIn, *, merge: bool) -> dict[str, object]:
+    """Set (PUT) or merge (PATCH) the live state and shape the answer; shared with the WSGI hot
+    path."""
     live = services.state_write(
-        run_id=seg(run_id),
+        run_id=run_id,
         value=payload.value,
         merge=merge,
         stream=payload.stream,
@@ -25,17 +29,17 @@ def _write(run_id: str, payload: StateWriteIn, *, merge: bool) -> HttpResponse:
         metadata=payload.metadata,
         created_by=payload.createdBy,
     )
-    return wire.json_response({"state": wire.state_out(live)})
+    return {"state": wire.state_out(live)}
 
 
 @router.put("/{run_id}/state", operation_id="set_state")
 def set_state(request: HttpRequest, run_id: str, payload: StateWriteIn) -> HttpResponse:
-    return _write(run_id, payload, merge=False)
+    return wire.json_response(state_body(seg(run_id), payload, merge=False))
 
 
 @router.patch("/{run_id}/state", operation_id="patch_state")
 def patch_state(request: HttpRequest, run_id: str, payload: StateWriteIn) -> HttpResponse:
-    return _write(run_id, payload, merge=True)
+    return wire.json_response(state_body(seg(run_id), payload, merge=True))
 
 
 @router.post("/{run_id}/state/save", operation_id="save_state")
@@ -82,10 +86,18 @@ def list_snapshots(request: HttpRequest, run_id: str) -> HttpResponse:
 
 @router.post("/{run_id}/usage", operation_id="record_usage", tags=["usage"])
 def record_usage(request: HttpRequest, run_id: str, payload: UsageIn) -> HttpResponse:
-    from decimal import Decimal
+    return wire.json_response(usage_body(seg(run_id), payload, idempotency(request, USAGE_IDEMPOTENCY)))
 
+
+USAGE_IDEMPOTENCY = "usage_record"
+"""The route name in the scope of a usage record's ``Idempotency-Key`` (``common.idempotency``)."""
+
+
+def usage_body(run_id: str, payload: UsageIn, key: tuple[str, str] | None) -> dict[str, object]:
+    """Record usage (``key``: ``common.idempotency``'s scope and key) and shape the answer;
+    shared with the WSGI hot path."""
     record = usage_record(
-        run_id=seg(run_id),
+        run_id=run_id,
         step_id=payload.stepId,
         kind=payload.kind,
         provider=payload.provider,
@@ -98,6 +110,6 @@ def record_usage(request: HttpRequest, run_id: str, payload: UsageIn) -> HttpRes
         total_tokens=payload.totalTokens,
         cost_usd=Decimal(repr(payload.costUsd)) if payload.costUsd is not None else None,
         metadata=payload.metadata,
-        idempotency=idempotency(request, "usage_record"),
+        idempotency=key,
     )
-    return wire.json_response({"usage": wire.usage_out(record)})
+    return {"usage": wire.usage_out(record)}

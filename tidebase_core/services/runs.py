@@ -6,10 +6,12 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
 from django.db.models.functions import Now
 
-from tidebase_core import ids, protocol, wire
+from tidebase_core import ids, wire
+from tidebase_core.db import RUN_JSON, Row, fetch_one, fetch_prepared, jsonb
 from tidebase_core.exceptions import (
     LeaseLost,
     NoRecoveryWebhook,
@@ -20,8 +22,8 @@ from tidebase_core.exceptions import (
 )
 from tidebase_core.models import Channel, RecoveryAttempt, Run, RunEdge
 from tidebase_core.outbox import after_commit
+from tidebase_core.selectors.runs import run_json, ts_sql
 from tidebase_core.services.events import event_append, notify_channels
-from tidebase_core.services.idempotency import claim_key
 from tidebase_core.services.time import db_now, lease_delta
 
 
@@ -67,7 +69,43 @@ def insert_channels(run_id: str, channels: list[dict[str, Any]] | None) -> None:
         Channel.objects.bulk_create(rows)
 
 
-@transaction.atomic(durable=True)
+# Create in one statement: the idempotency key (when given), the run with its first event's seq
+# already counted (an UPDATE cannot see a row inserted by the same statement), its channels and
+# ``run.created``. A key another request holds makes ``k`` empty, so nothing is inserted; the
+# caller then reads that request's run (ON CONFLICT has waited for it to commit). Channels keep
+# the order they were given in: ``created_at`` grows by a microsecond per channel.
+CREATE_SQL = """
+WITH k AS (
+  INSERT INTO tb_idempotency_key (scope, key, resource_id, created_at)
+  SELECT %(scope)s::text, %(key)s::text, %(id)s::text, now() WHERE %(key)s::text IS NOT NULL
+  ON CONFLICT (scope, key) DO NOTHING
+  RETURNING id
+),
+run AS (
+  INSERT INTO tb_run (id, workflow_name, input, metadata, status, recovery_webhook, attempt, event_seq,
+                      priority, max_attempts, created_at, updated_at)
+  SELECT %(id)s::text, %(workflow)s::text, %(input)s, %(metadata)s, 'pending', %(webhook)s, 0, 1, 0, 1, now(), now()
+  WHERE %(key)s::text IS NULL OR EXISTS (SELECT 1 FROM k)
+  RETURNING id, created_at
+),
+ch AS (
+  INSERT INTO tb_channel (id, run_id, type, url, secret, events, set_by_scope, created_at)
+  SELECT c ->> 'id', run.id, 'webhook', c ->> 'url', c ->> 'secret', c -> 'events', c ->> 'scope',
+         run.created_at + (n - 1) * interval '1 microsecond'
+  FROM run, jsonb_array_elements(%(channels)s) WITH ORDINALITY AS cs(c, n)
+),
+ev AS (
+  INSERT INTO tb_event (run_id, seq, type, payload, created_at)
+  SELECT run.id, 1, 'run.created',
+         jsonb_build_object('workflowName', %(workflow)s::text, 'input', %(input)s::jsonb,
+                            'channels', %(public)s::jsonb),
+         now()
+  FROM run
+)
+SELECT created_at FROM run
+"""
+
+
 def run_create(
     *,
     workflow_name: str,
@@ -80,24 +118,57 @@ def run_create(
     """Create a ``pending`` run with its channels; emits ``run.created`` (secrets omitted).
     With ``idempotency=(scope, key)`` a retried create returns the run the first one made."""
     new_id = ids.run_id()
-    if idempotency is not None:
-        earlier = claim_key(scope=idempotency[0], key=idempotency[1], resource_id=new_id)
-        if earlier is not None:
-            return Run.objects.get(id=earlier)
-    run = _insert_run(
+    input = {} if input is None else input
+    metadata = metadata or {}
+    stored = [
+        {
+            "id": ids.channel_id(),
+            "url": c["url"],
+            "secret": c.get("secret"),
+            "events": c.get("events") or [],
+            "scope": c.get(wire.SET_BY) or "agent",  # missing means agent: fail closed
+        }
+        for c in channels or []
+    ]
+    scope, key = idempotency if idempotency is not None else (None, None)
+    rows = fetch_prepared(
+        CREATE_SQL,
+        {
+            "id": new_id,
+            "workflow": workflow_name,
+            "input": jsonb(input),
+            "metadata": jsonb(metadata),
+            "webhook": recovery_webhook,
+            "channels": jsonb(stored),
+            "public": jsonb(_public_channels(channels)),
+            "scope": scope,
+            "key": key,
+        },
+    )
+    if not rows:
+        return Run.objects.get(id=_earlier(scope, key))
+    created = rows[0].created_at
+    run = Run(
+        id=new_id,
         workflow_name=workflow_name,
         input=input,
         metadata=metadata,
         recovery_webhook=recovery_webhook,
-        channels=channels,
-        run_id=new_id,
+        status="pending",
+        event_seq=1,
+        created_at=created,
+        updated_at=created,
     )
-    event_append(
-        run_id=run.id,
-        type="run.created",
-        payload={"workflowName": workflow_name, "input": run.input, "channels": _public_channels(channels)},
-    )
+    run._state.adding = False  # it is stored: a save() must update, not insert
+    run._state.db = connection.alias
     return run
+
+
+def _earlier(scope: str | None, key: str | None) -> str:
+    row = fetch_one("SELECT resource_id FROM tb_idempotency_key WHERE scope = %s AND key = %s", [scope, key])
+    if row is None:  # pragma: no cover - the insert only stands back for a committed key
+        raise LookupError(key)
+    return str(row.resource_id)
 
 
 def _locked_run(run_id: str) -> tuple[Run, dt.datetime]:
@@ -109,34 +180,54 @@ def _locked_run(run_id: str) -> tuple[Run, dt.datetime]:
     return run, run.db_now
 
 
-@transaction.atomic(durable=True)
-def run_begin(*, run_id: str, owner: str | None = None) -> tuple[Run, str]:
-    """Acquire the run lease (§6.5). Bumps ``attempt`` — the fencing token that makes step
-    leases taken under an older run lease stale. Emits ``run.started``.
+# The run routes' statements lock the run row first (``r``, FOR NO KEY UPDATE: the lock every
+# writer of the run takes first, see services.events) and decide on the locked, latest version
+# of it; the UPDATE then writes that version. Each answers the run with the table's own column
+# names plus ``queue`` (the model's name for ``queue_name``, read by ``wire.run_out``).
+BEGIN_SQL = """
+WITH r AS (SELECT * FROM tb_run WHERE id = %(run)s FOR NO KEY UPDATE),
+d AS (
+  SELECT r.*, CASE
+      WHEN status = 'cancelled' THEN 'cancelled'
+      WHEN status = 'completed' THEN 'completed'
+      WHEN lease_owner IS NOT NULL AND lease_expires_at > now() AND lease_owner <> %(owner)s THEN 'leased'
+      ELSE 'acquire' END AS action
+  FROM r
+),
+upd AS (
+  UPDATE tb_run t SET status = 'running', lease_owner = %(owner)s,
+         lease_expires_at = now() + %(lease)s * interval '1 millisecond',
+         attempt = t.attempt + 1, event_seq = t.event_seq + 1, updated_at = now()
+  FROM d WHERE t.id = d.id AND d.action = 'acquire'
+  RETURNING t.*
+),
+ev AS (
+  INSERT INTO tb_event (run_id, seq, type, payload, created_at)
+  SELECT id, event_seq, 'run.started', jsonb_build_object('leaseOwner', %(owner)s::text), now() FROM upd
+)
+SELECT upd.*, upd.queue_name AS queue, 'acquire' AS action FROM upd
+UNION ALL
+SELECT r.*, r.queue_name, d.action FROM r, d WHERE NOT EXISTS (SELECT 1 FROM upd)
+"""
+
+
+def run_begin(*, run_id: str, owner: str | None = None) -> tuple[Row, str]:
+    """Acquire the run lease (§6.5), in one statement. Bumps ``attempt`` — the fencing token
+    that makes step leases taken under an older run lease stale. Emits ``run.started``.
 
     Raises RunNotFound, RunCancelled (409 ``run_cancelled``) or RunLeased (409)."""
-    run, now = _locked_run(run_id)
-    action = protocol.decide_run_begin(
-        status=run.status,
-        lease_owner=run.lease_owner,
-        lease_expires_at=run.lease_expires_at,
-        owner=owner,
-        now=now,
+    lease_owner = owner or str(uuid.uuid4())  # a fresh owner never equals a stored one
+    rows = fetch_prepared(
+        BEGIN_SQL, {"run": run_id, "owner": lease_owner, "lease": settings.TIDEBASE_LEASE_MS}, RUN_JSON
     )
-    if action == "cancelled":
+    if not rows:
+        raise RunNotFound()
+    run = rows[0]
+    if run.action == "cancelled":
         raise RunCancelled("run is cancelled", run=wire.run_out(run))
-    if action == "completed":
-        return run, owner or str(uuid.uuid4())
-    if action == "leased":
+    if run.action == "leased":
         raise RunLeased("run is leased", leaseOwner=run.lease_owner)
-    lease_owner = owner or str(uuid.uuid4())
-    run.status = "running"
-    run.lease_owner = lease_owner
-    run.lease_expires_at = now + lease_delta()
-    run.attempt += 1
-    run.save(update_fields=["status", "lease_owner", "lease_expires_at", "attempt", "updated_at"])
-    event_append(run_id=run.id, type="run.started", payload={"leaseOwner": lease_owner})
-    return run, lease_owner
+    return run, lease_owner  # "completed": unchanged, with an owner that is not stored (§18.3)
 
 
 def run_heartbeat(*, run_id: str, owner: str) -> Run:
@@ -155,64 +246,134 @@ def run_heartbeat(*, run_id: str, owner: str) -> Run:
     return run
 
 
-@transaction.atomic(durable=True)
-def run_complete(*, run_id: str, result: Any) -> Run:
-    """Finish a run. Unfenced, as the SDKs require (§19.6). A cancelled run is returned
-    unchanged (§19.14); so is an already-completed one: a second complete never overwrites
-    the first result (our fix of §18.1). Emits ``run.completed`` and its channel event."""
-    run, now = _locked_run(run_id)
-    if run.status in ("cancelled", "completed"):
-        return run
-    run.status = "completed"
-    run.result = result
-    run.error = None
-    run.lease_owner = None
-    run.lease_expires_at = None
-    run.completed_at = now
-    run.save(
-        update_fields=["status", "result", "error", "lease_owner", "lease_expires_at", "completed_at", "updated_at"]
-    )
-    event_append(run_id=run.id, type="run.completed", payload={"result": result})
-    notify_channels(run_id=run.id, event_type="run.completed", payload={"run": wire.run_out(run)})
+# Channel-delivery outbox rows for the run's channels subscribed to ``event``, from the CTE
+# ``upd`` (the changed run): events.CHANNEL_SQL's rows, with the payload built in the statement.
+def _deliveries(event: str, payload: str, when: str = "true") -> str:
+    return f"""INSERT INTO tb_channel_delivery
+    (id, run_id, channel_id, gate_id, url, secret, event_type, payload, status, attempts, next_attempt_at, created_at)
+  SELECT 'del_' || replace(gen_random_uuid()::text, '-', ''), c.run_id, c.id, NULL, c.url, c.secret,
+         '{event}', {payload}, 'pending', 0, now(), now()
+  FROM upd JOIN tb_channel c ON c.run_id = upd.id
+  WHERE {when} AND (jsonb_array_length(c.events) = 0 OR c.events ? '{event}')
+  RETURNING id"""
+
+
+# A cancelled run is returned unchanged (§19.14), and so is a completed one: a second complete
+# never overwrites the first result (our fix of §18.1).
+COMPLETE_SQL = f"""
+WITH r AS (SELECT * FROM tb_run WHERE id = %(run)s FOR NO KEY UPDATE),
+upd AS (
+  UPDATE tb_run t SET status = 'completed', result = %(result)s, error = NULL, lease_owner = NULL,
+         lease_expires_at = NULL, completed_at = now(), updated_at = now(), event_seq = t.event_seq + 1
+  FROM r WHERE t.id = r.id AND r.status NOT IN ('cancelled', 'completed')
+  RETURNING t.*
+),
+ev AS (
+  INSERT INTO tb_event (run_id, seq, type, payload, created_at)
+  SELECT id, event_seq, 'run.completed', jsonb_build_object('result', %(result)s::jsonb), now() FROM upd
+),
+dl AS ({_deliveries("run.completed", f"jsonb_build_object('run', {run_json('upd')})")})
+SELECT upd.*, upd.queue_name AS queue, ARRAY(SELECT id FROM dl) AS deliveries FROM upd
+UNION ALL
+SELECT r.*, r.queue_name, NULL FROM r WHERE NOT EXISTS (SELECT 1 FROM upd)
+"""
+
+
+def run_complete(*, run_id: str, result: Any) -> Row:
+    """Finish a run, in one statement. Unfenced, as the SDKs require (§19.6). A cancelled or
+    completed run is returned unchanged. Emits ``run.completed`` and its channel event."""
+    stored = None if result is None else jsonb(result)  # SQL NULL, as the ORM stores None
+    rows = fetch_prepared(COMPLETE_SQL, {"run": run_id, "result": stored}, RUN_JSON)
+    if not rows:
+        raise RunNotFound()
+    run = rows[0]
+    after_commit("channel", run.deliveries or [])
     return run
 
 
-@transaction.atomic(durable=True)
-def run_fail(*, run_id: str, error: Any, failure_class: str | None = None) -> tuple[Run, bool]:
-    """Report a run failure (§6.8). Cancelled and completed runs are left untouched (a late
-    fail never flips a completed run: our fix of §18.1). Queue runs with attempts left are
-    requeued with backoff; otherwise the run fails, emits ``run.failed`` + channel event, and a
-    ``run.resume`` outbox row is written when the run has a recovery webhook."""
-    run, now = _locked_run(run_id)
-    if run.status in ("cancelled", "completed"):
-        return run, False
-    error = {} if error is None else error
-    run.error = error
-    run.lease_owner = None
-    run.lease_expires_at = None
-    if run.queue is not None and run.attempt < run.max_attempts:
-        run.status = "queued"
-        run.run_at = now + dt.timedelta(milliseconds=protocol.requeue_backoff_ms(run.attempt))
-        run.save(update_fields=["status", "error", "lease_owner", "lease_expires_at", "run_at", "updated_at"])
-        event_append(
-            run_id=run.id,
-            type="run.requeued",
-            payload={
-                "error": error,
-                "attempt": run.attempt,
-                "maxAttempts": run.max_attempts,
-                "nextRunAt": wire.ts(run.run_at),
-            },
-        )
-        return run, True
-    run.status = "failed"
-    run.failure_class = "max_retries" if (run.queue is not None and run.max_attempts > 1) else failure_class
-    run.save(update_fields=["status", "error", "lease_owner", "lease_expires_at", "failure_class", "updated_at"])
-    event_append(run_id=run.id, type="run.failed", payload={"error": error, "failureClass": run.failure_class})
-    notify_channels(run_id=run.id, event_type="run.failed", payload={"run": wire.run_out(run), "error": error})
-    if run.recovery_webhook:
-        recovery_record(run, reason="run_failed", now=now)
-    return run, False
+# Fail (§6.8): a queue run with attempts left is requeued with backoff (``min(300000, 5000 *
+# 2^max(0, attempt - 1))`` ms, as protocol.requeue_backoff_ms); otherwise it fails with
+# ``run.failed``, its channel event and, with a recovery webhook, a ``run.resume`` outbox row
+# and ``recovery.started`` (the event after ``run.failed``). Cancelled and completed runs are
+# left untouched (a late fail never flips a completed run: our fix of §18.1).
+FAILED_PAYLOAD = f"jsonb_build_object('run', {run_json('upd')}, 'error', %(error)s::jsonb)"
+FAIL_SQL = f"""
+WITH r AS (SELECT * FROM tb_run WHERE id = %(run)s FOR NO KEY UPDATE),
+d AS (
+  SELECT id,
+         CASE WHEN status IN ('cancelled', 'completed') THEN 'none'
+              WHEN queue_name IS NOT NULL AND attempt < max_attempts THEN 'requeue'
+              ELSE 'fail' END AS action,
+         CASE WHEN COALESCE(recovery_webhook, '') <> '' THEN 1 ELSE 0 END AS recover
+  FROM r
+),
+upd AS (
+  UPDATE tb_run t SET
+    status = CASE d.action WHEN 'requeue' THEN 'queued' ELSE 'failed' END,
+    error = %(error)s, lease_owner = NULL, lease_expires_at = NULL,
+    run_at = CASE d.action WHEN 'requeue'
+                THEN now() + (CASE WHEN t.attempt > 6 THEN 300000 ELSE 5000 << GREATEST(0, t.attempt - 1) END)
+                             * interval '1 millisecond'
+                ELSE t.run_at END,
+    failure_class = CASE WHEN d.action = 'requeue' THEN t.failure_class
+                         WHEN t.queue_name IS NOT NULL AND t.max_attempts > 1 THEN 'max_retries'
+                         ELSE %(failure_class)s::text END,
+    updated_at = now(),
+    event_seq = t.event_seq + CASE d.action WHEN 'fail' THEN 1 + d.recover ELSE 1 END
+  FROM d WHERE t.id = d.id AND d.action <> 'none'
+  RETURNING t.*, d.action, d.recover
+),
+rec AS (
+  INSERT INTO tb_recovery_attempt (id, run_id, reason, webhook_url, type, status, attempts, next_attempt_at,
+                                   created_at)
+  SELECT %(recovery_id)s, id, 'run_failed', recovery_webhook, 'run.resume', 'pending', 0, now(), now()
+  FROM upd WHERE action = 'fail' AND recover = 1
+  RETURNING id, run_id
+),
+ev AS (
+  INSERT INTO tb_event (run_id, seq, type, payload, created_at)
+  SELECT id, event_seq - recover, 'run.failed',
+         jsonb_build_object('error', %(error)s::jsonb, 'failureClass', failure_class), now()
+  FROM upd WHERE action = 'fail'
+  UNION ALL
+  SELECT id, event_seq, 'run.requeued',
+         jsonb_build_object('error', %(error)s::jsonb, 'attempt', attempt, 'maxAttempts', max_attempts,
+                            'nextRunAt', {ts_sql("run_at")}),
+         now()
+  FROM upd WHERE action = 'requeue'
+  UNION ALL
+  SELECT run_id, (SELECT event_seq FROM upd), 'recovery.started',
+         jsonb_build_object('recoveryAttemptId', id, 'reason', 'run_failed'), now()
+  FROM rec
+),
+dl AS ({_deliveries("run.failed", FAILED_PAYLOAD, when="upd.action = 'fail'")})
+SELECT upd.*, upd.queue_name AS queue, ARRAY(SELECT id FROM dl) AS deliveries, (SELECT id FROM rec) AS recovery
+FROM upd
+UNION ALL
+SELECT r.*, 'none', 0, r.queue_name, NULL, NULL FROM r WHERE NOT EXISTS (SELECT 1 FROM upd)
+"""
+
+
+def run_fail(*, run_id: str, error: Any, failure_class: str | None = None) -> tuple[Row, bool]:
+    """Report a run failure (§6.8), in one statement (see FAIL_SQL). Returns the run and
+    whether it was requeued."""
+    rows = fetch_prepared(
+        FAIL_SQL,
+        {
+            "run": run_id,
+            "error": jsonb({} if error is None else error),
+            "failure_class": failure_class,
+            "recovery_id": ids.recovery_id(),
+        },
+        RUN_JSON,
+    )
+    if not rows:
+        raise RunNotFound()
+    run = rows[0]
+    after_commit("channel", run.deliveries or [])
+    if run.recovery is not None:
+        after_commit("recovery", [run.recovery])
+    return run, run.action == "requeue"
 
 
 @transaction.atomic(durable=True)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import connection, transaction
-from django.db.models import F
+from django.db import transaction
 
-from tidebase_core import protocol, wire
-from tidebase_core.db import jsonb
+from tidebase_core import ids, wire
+from tidebase_core.db import fetch_prepared, jsonb
 from tidebase_core.exceptions import NotFound, RunNotFound
 from tidebase_core.models import Run, RunState, StateStream, StateVersion
-from tidebase_core.services.events import event_append, notify_channels
+from tidebase_core.outbox import after_commit
+from tidebase_core.services.events import event_append
+from tidebase_core.services.lean_sql import channel_outbox_sql, compact, ts_sql
 
 
 def _stream_locked(run_id: str, name: str, *, target_type: str = "run", target_id: str | None = None) -> StateStream:
@@ -63,32 +64,79 @@ def _require_run(run_id: str) -> None:
         raise RunNotFound()
 
 
-def _state_locked(run_id: str) -> RunState | None:
-    """The run's live state row, locked until the caller's transaction ends; None if none."""
-    return RunState.objects.select_for_update().filter(run_id=run_id).first()
+# State set in one statement (autocommit: no BEGIN/COMMIT round trips), as the step routes.
+#
+# ``live`` is the race-safe write of issue #12 in one upsert: the first write inserts version 1
+# holding ``value``; any later one (and the loser of a first-write race, once the winner has
+# committed: ON CONFLICT waits for it) locks the row and replaces or ``||``-merges into the
+# newest committed value, whatever the statement's snapshot saw. The stream is got-or-created
+# and bumped the same way, so its row lock numbers the versions. Locks are taken in the order
+# of the old read-modify-write: state row, stream row, then the run row (``bump``, the event
+# counter), each CTE feeding the next. The run must exist: no run, no ``live`` row, no answer
+# row (404), and every later CTE writes nothing. ``pv`` is ``wire.public_version``.
+#
+# ``value`` is sent once ($n is reused) and merged, copied and wrapped into the event and outbox
+# payloads by Postgres; for PUT it is not even sent back (the caller answers with its own).
+_VALUE = frozenset({"value"})
+
+STATE_WRITE_SQL = compact(f"""
+WITH live AS (
+  INSERT INTO tb_run_state AS s (run_id, value, version, updated_at)
+  SELECT r.id, %(value)s, 1, now() FROM tb_run r WHERE r.id = %(run)s
+  ON CONFLICT (run_id) DO UPDATE
+  SET value = CASE WHEN %(merge)s THEN s.value || EXCLUDED.value ELSE EXCLUDED.value END,
+      version = s.version + 1, updated_at = now()
+  RETURNING s.run_id, s.value, s.version, s.updated_at
+),
+stream AS (
+  INSERT INTO tb_state_stream AS t (id, run_id, name, target_type, target_id, current_version, current_value,
+                                    metadata, created_at, updated_at)
+  SELECT %(stream_id)s::text, live.run_id, %(stream)s::text, 'run', live.run_id, 1, live.value, '{{}}', now(), now()
+  FROM live
+  ON CONFLICT (run_id, name) DO UPDATE
+  SET current_version = t.current_version + 1, current_value = EXCLUDED.current_value, updated_at = now()
+  RETURNING t.id, t.current_version
+),
+ver AS (
+  INSERT INTO tb_state_version (id, stream_id, run_id, step_id, version, value, patch, label, reason, importance,
+                                metadata, created_by, created_at)
+  SELECT %(version_id)s::text, stream.id, live.run_id, NULL, stream.current_version, live.value,
+         CASE WHEN %(merge)s THEN %(value)s END, %(label)s::text, %(reason)s::text, %(importance)s::text,
+         %(metadata)s, %(created_by)s::text, now()
+  FROM live, stream
+  RETURNING id, stream_id, run_id, version, label, reason, importance, created_at
+),
+pv AS (
+  SELECT jsonb_build_object('id', id, 'streamId', stream_id, 'runId', run_id, 'version', version, 'label', label,
+                            'reason', reason, 'importance', importance, 'createdAt', {ts_sql("created_at")}) AS v
+  FROM ver
+),
+bump AS (
+  UPDATE tb_run t SET event_seq = t.event_seq + 1 FROM ver WHERE t.id = ver.run_id RETURNING t.id, t.event_seq
+),
+ev AS (
+  INSERT INTO tb_event (run_id, seq, type, payload, created_at)
+  SELECT bump.id, bump.event_seq, 'state.updated',
+         jsonb_build_object('value', live.value, 'stateVersion', pv.v)
+           || CASE WHEN %(merge)s THEN jsonb_build_object('patch', %(value)s) ELSE '{{}}'::jsonb END,
+         now()
+  FROM bump, live, pv
+),
+ch AS ({
+    channel_outbox_sql(
+        event_type="state.updated",
+        payload=f"jsonb_build_object('state', jsonb_build_object('runId', live.run_id, 'value', live.value, "
+        f"'version', live.version, 'updatedAt', {ts_sql('live.updated_at')}), 'stateVersion', pv.v)",
+        run_id="live.run_id",
+        sources="live, pv",
+    )
+})
+SELECT live.version, live.updated_at, CASE WHEN %(merge)s THEN live.value END AS value,
+       (SELECT array_agg(id) FROM ch) AS deliveries
+FROM live
+""")
 
 
-_STATE_INSERT_SQL = """
-INSERT INTO tb_run_state (run_id, value, version, updated_at) VALUES (%s, %s, 1, now())
-ON CONFLICT (run_id) DO NOTHING
-RETURNING updated_at
-"""
-
-
-def _state_insert(run_id: str, value: Any) -> RunState | None:
-    """Insert the run's first live state (version 1), inside the caller's transaction, which
-    holds the new row's lock. Returns None when another writer's row exists: ``ON CONFLICT``
-    first waits for that writer's transaction, so the caller can then lock the row and merge
-    into it. (Catching an IntegrityError instead, the loser overwrote the winner: issue #12.)"""
-    with connection.cursor() as cur:
-        cur.execute(_STATE_INSERT_SQL, [run_id, jsonb(value)])
-        row = cur.fetchone()
-    if row is None:
-        return None
-    return RunState(run_id=run_id, value=value, version=1, updated_at=row[0])
-
-
-@transaction.atomic(durable=True)
 def state_write(
     *,
     run_id: str,
@@ -102,45 +150,31 @@ def state_write(
     created_by: str | None = None,
 ) -> RunState:
     """PUT (replace) or PATCH (jsonb ``||`` merge) the live state, append a version to the
-    history stream, emit ``state.updated`` and its channel event."""
-    _require_run(run_id)
+    history stream, emit ``state.updated`` and its channel event: one statement, committed
+    (synchronously) before this returns when called outside a transaction. Raises RunNotFound.
+
+    The returned state's ``value`` is the caller's own ``value`` for a PUT, and for a PATCH the
+    merged value as stored, as ``wire.RawJson`` text (answered verbatim, never decoded here)."""
     value = {} if value is None else value
-    live = _state_locked(run_id)
-    created = False
-    if live is None:
-        live = _state_insert(run_id, value)
-        created = live is not None
-    if live is None:  # a concurrent first write won the insert (and has committed): merge into it
-        live = _state_locked(run_id)
-        if live is None:  # pragma: no cover - the row exists once the insert conflicted
-            raise RunNotFound()
-    if created:  # the first write on a run just stores ``value`` (§7.7)
-        new_value = value
-    else:
-        new_value = protocol.patch_value(live.value, value) if merge else value
-        live.value = new_value
-        live.version = F("version") + 1
-        live.save(update_fields=["value", "version", "updated_at"])
-        live.refresh_from_db(fields=["version", "updated_at"])
-    version = _append_version(
-        _stream_locked(run_id, stream or "run"),
-        value=new_value,
-        patch=value if merge else None,
-        label=label,
-        reason=reason,
-        importance=importance,
-        metadata=metadata,
-        created_by=created_by,
-    )
-    pv = wire.public_version(version)
-    event_payload: dict[str, Any] = {"value": new_value, "stateVersion": pv}
-    if merge:
-        event_payload["patch"] = value
-    event_append(run_id=run_id, type="state.updated", payload=event_payload)
-    notify_channels(
-        run_id=run_id, event_type="state.updated", payload={"state": wire.state_out(live), "stateVersion": pv}
-    )
-    return live
+    params = {
+        "run": run_id,
+        "value": jsonb(value),
+        "merge": merge,
+        "stream_id": ids.stream_id(),
+        "stream": stream or "run",
+        "version_id": ids.version_id(),
+        "label": label,
+        "reason": reason,
+        "importance": importance,
+        "metadata": jsonb(metadata or {}),
+        "created_by": created_by,
+    }
+    rows = fetch_prepared(STATE_WRITE_SQL, params, _VALUE)
+    if not rows:
+        raise RunNotFound()
+    row = rows[0]
+    after_commit("channel", row.deliveries or [])
+    return RunState(run_id=run_id, value=row.value if merge else value, version=row.version, updated_at=row.updated_at)
 
 
 @transaction.atomic(durable=True)
