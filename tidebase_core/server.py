@@ -53,6 +53,8 @@ class DeadlineProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
+        if self.cycle is not None:  # None: a websocket upgrade, which the gateway refuses anyway
+            self.cycle.transport = _Coalescing(self.transport, self.loop)  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -74,6 +76,38 @@ class DeadlineProtocol(HttpToolsProtocol):
         if self.cycle is None or self.cycle.response_complete:  # no request of ours is running
             self.transport.write(_REQUEST_TIMEOUT)
             self.transport.close()
+
+
+class _Coalescing:
+    """The transport as one request's answer sees it: writes made in the same loop iteration go
+    out as one ``write`` (uvicorn writes a response's head and body separately: two segments,
+    and two wake-ups of the client, for every answer). Flushed at the end of the iteration, and
+    before the connection is closed."""
+
+    __slots__ = ("_buffer", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport, self._loop = transport, loop
+        self._buffer: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._buffer:
+            self._loop.call_soon(self._flush)
+        self._buffer.append(data)
+
+    def _flush(self) -> None:
+        if self._buffer:
+            data = b"".join(self._buffer)
+            self._buffer.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)
 
 
 def server_argv(*, bind: str, workers: int, threads: int, graceful_timeout: int = 5) -> list[str]:
