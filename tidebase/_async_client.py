@@ -19,6 +19,7 @@ from . import _current
 from ._base import Call, ClientConfig, RetryPolicy
 from ._exceptions import APIConnectionError, RunCancelled, TidebaseError
 from ._json import wrap_replayed
+from ._transport import AsyncLeanPool, lean_origin
 
 __all__ = ["AsyncQueues", "AsyncRuns", "AsyncSchedules", "AsyncTidebase"]
 
@@ -46,6 +47,10 @@ class AsyncTidebase:
         self.retry = retry or RetryPolicy()
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(transport=transport, timeout=self.config.timeout_s)
+        # The SDK's own JSON calls skip httpx when nothing was injected (see _transport.py);
+        # event streams and injected transports/clients keep going through self._http.
+        origin = lean_origin(self.config.url) if transport is None and http_client is None else None
+        self._lean = AsyncLeanPool(origin) if origin is not None else None
         self._workflows: dict[str, AsyncWorkflow] = {}
         self._lists_steps = True
         self._long_polls_gates = True
@@ -72,6 +77,8 @@ class AsyncTidebase:
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self._lean is not None:
+            await self._lean.aclose()
         if self._owns_http:
             await self._http.aclose()
 
@@ -80,14 +87,11 @@ class AsyncTidebase:
     async def _send(self, call: Call) -> Any:
         content = call.content()
         headers = {**self.config.headers(), **call.headers(base.new_idempotency_key())}
-        timeout: Any = httpx.USE_CLIENT_DEFAULT if call.timeout_s is None else call.timeout_s
-        url = self.config.url + call.path
+        lean = self._lean.origin.render(call.method, call.path, call.params, headers, content) if self._lean else None
         attempt = 0
         while True:
             try:
-                response = await self._http.request(
-                    call.method, url, content=content, params=call.params, headers=headers, timeout=timeout
-                )
+                response = await self._exchange(call, content, headers, lean)
             except httpx.TransportError as error:
                 attempt += 1
                 if attempt > self.retry.max_retries or not base.transport_error_retryable(error, safe=call.safe):
@@ -101,6 +105,22 @@ class AsyncTidebase:
                 await asyncio.sleep(self.retry.delay_s(attempt, response.headers.get("retry-after")))
                 continue
             return base.parse_response(response.status_code, response.content, call.path)
+
+    async def _exchange(self, call: Call, content: bytes | None, headers: dict[str, str], lean: bytes | None) -> Any:
+        """One HTTP exchange: the lean transport when it can carry the call (``lean`` holds its
+        request bytes), else httpx. Both raise httpx's exceptions and answer with
+        ``status_code``/``headers``/``content``."""
+        if lean is not None and self._lean is not None:
+            timeout_s = self.config.timeout_s if call.timeout_s is None else call.timeout_s
+            return await self._lean.request(lean, call.method, timeout_s)
+        return await self._http.request(
+            call.method,
+            self.config.url + call.path,
+            content=content,
+            params=call.params,
+            headers=headers,
+            timeout=httpx.USE_CLIENT_DEFAULT if call.timeout_s is None else call.timeout_s,
+        )
 
     async def request(
         self,

@@ -123,6 +123,10 @@ def parse_retry_after(value: str | None) -> float | None:
 _NO_BODY: Any = object()
 
 
+def _not_plain(value: Any) -> Any:
+    raise TypeError(type(value).__name__)
+
+
 @dataclasses.dataclass(frozen=True)
 class Call:
     """One logical API call (its retries share the idempotency key)."""
@@ -138,7 +142,14 @@ class Call:
     def content(self) -> bytes | None:
         if self.body is _NO_BODY:
             return b"" if self.method == "POST" else None
-        return json.dumps(to_json_data(self.body), ensure_ascii=False, allow_nan=False).encode()
+        try:
+            # Bodies are almost always plain JSON data already: encode them without the
+            # to_json_data walk, which gives the same text for them. Anything json would need
+            # help with (or refuse, like NaN) takes the walk, and its errors.
+            text = json.dumps(self.body, ensure_ascii=False, allow_nan=False, default=_not_plain)
+        except (TypeError, ValueError):
+            text = json.dumps(to_json_data(self.body), ensure_ascii=False, allow_nan=False)
+        return text.encode()
 
     def headers(self, idempotency_key: str) -> dict[str, str]:
         headers = {"content-type": "application/json"}

@@ -18,6 +18,7 @@ from . import _current
 from ._base import Call, ClientConfig, RetryPolicy
 from ._exceptions import APIConnectionError, RunCancelled, TidebaseError
 from ._json import wrap_replayed
+from ._transport import SyncLeanPool, lean_origin
 
 __all__ = ["Queues", "Runs", "Schedules", "Tidebase"]
 
@@ -49,6 +50,10 @@ class Tidebase:
         self.retry = retry or RetryPolicy()
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(transport=transport, timeout=self.config.timeout_s)
+        # The SDK's own JSON calls skip httpx when nothing was injected (see _transport.py);
+        # event streams and injected transports/clients keep going through self._http.
+        origin = lean_origin(self.config.url) if transport is None and http_client is None else None
+        self._lean = SyncLeanPool(origin) if origin is not None else None
         self._workflows: dict[str, Workflow] = {}
         self._lists_steps = True  # cleared when the server lacks GET /runs/:id/steps
         self._long_polls_gates = True  # cleared when the server ignores ?waitMs=
@@ -75,6 +80,8 @@ class Tidebase:
         self.close()
 
     def close(self) -> None:
+        if self._lean is not None:
+            self._lean.close()
         if self._owns_http:
             self._http.close()
 
@@ -83,14 +90,11 @@ class Tidebase:
     def _send(self, call: Call) -> Any:
         content = call.content()
         headers = {**self.config.headers(), **call.headers(base.new_idempotency_key())}
-        timeout: Any = httpx.USE_CLIENT_DEFAULT if call.timeout_s is None else call.timeout_s
-        url = self.config.url + call.path
+        lean = self._lean.origin.render(call.method, call.path, call.params, headers, content) if self._lean else None
         attempt = 0
         while True:
             try:
-                response = self._http.request(
-                    call.method, url, content=content, params=call.params, headers=headers, timeout=timeout
-                )
+                response = self._exchange(call, content, headers, lean)
             except httpx.TransportError as error:
                 attempt += 1
                 if attempt > self.retry.max_retries or not base.transport_error_retryable(error, safe=call.safe):
@@ -104,6 +108,22 @@ class Tidebase:
                 time.sleep(self.retry.delay_s(attempt, response.headers.get("retry-after")))
                 continue
             return base.parse_response(response.status_code, response.content, call.path)
+
+    def _exchange(self, call: Call, content: bytes | None, headers: dict[str, str], lean: bytes | None) -> Any:
+        """One HTTP exchange: the lean transport when it can carry the call (``lean`` holds its
+        request bytes), else httpx. Both raise httpx's exceptions and answer with
+        ``status_code``/``headers``/``content``."""
+        if lean is not None and self._lean is not None:
+            timeout_s = self.config.timeout_s if call.timeout_s is None else call.timeout_s
+            return self._lean.request(lean, call.method, timeout_s)
+        return self._http.request(
+            call.method,
+            self.config.url + call.path,
+            content=content,
+            params=call.params,
+            headers=headers,
+            timeout=httpx.USE_CLIENT_DEFAULT if call.timeout_s is None else call.timeout_s,
+        )
 
     def request(
         self,
