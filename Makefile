@@ -23,12 +23,10 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 venv: $(VENV)/.installed ## Create the virtualenv and install pinned dependencies
 
 migrate: venv ## Apply database migrations
-	$(PY) manage.py migrate --noinput
+	$(PY) manage.py migrate --noinput --skip-checks
 
-run: venv migrate ## Serve API, dashboard, webhook worker and beat on $PORT (default 7373)
-	@trap 'kill $$WORKER 2>/dev/null; wait $$WORKER' EXIT INT TERM; \
-	$(PY) manage.py tidebase_worker & WORKER=$$!; \
-	$(PY) manage.py tidebase_serve --port $(PORT) --workers $(WEB_WORKERS) --threads $(WEB_THREADS)
+run: venv migrate ## Serve API, dashboard, webhook worker and beat on $PORT (default 7373); restarts any that dies
+	@exec $(PY) manage.py tidebase_run --port $(PORT) --workers $(WEB_WORKERS) --threads $(WEB_THREADS)
 
 test: venv ## Run the whole test suite (unit, API, concurrency probes, interop with the official client)
 	$(PY) manage.py makemigrations --check --dry-run

@@ -8,6 +8,7 @@ from typing import Any
 
 from django.db import DataError, OperationalError
 from django.http import HttpRequest, HttpResponse
+from ninja import Swagger
 from ninja.errors import HttpError, ValidationError
 from ninja.parser import Parser
 
@@ -36,6 +37,9 @@ api = DocumentedAPI(  # the OpenAPI document is completed in tidebase_core.api.o
     description="The Tidebase wire protocol (PROTOCOL.md), served by Tidebase for Django.",
     parser=JsonParser(),
     docs_url="/api/docs",
+    # Swagger UI's assets come from the ninja app's static files; without validatorUrl=None it
+    # would also fetch a badge from validator.swagger.io on any host but localhost.
+    docs=Swagger(settings={"validatorUrl": None}),
     openapi_url="/api/openapi.json",
     urls_namespace="tidebase",
 )
@@ -53,6 +57,20 @@ api.add_decorator(scopes.guard, mode="view")
 @api.get("/health", tags=["health"], operation_id="health")
 def health(request: HttpRequest) -> HttpResponse:
     return json_response({"ok": True})
+
+
+@api.get("/ready", tags=["health"], operation_id="ready")
+def ready(request: HttpRequest) -> HttpResponse:
+    # Readiness, unlike /health (answered by the gateway on the event loop), asks the database,
+    # the broker and the heartbeats; it says which part fails (webhooks.health).
+    from webhooks.health import readiness
+
+    ok, checks = readiness()
+    if ok:
+        return json_response({"ready": True, "checks": checks})
+    failing = [name for name, check in checks.items() if not check["ok"] and check.get("required", True)]
+    body = {"error": f"not ready: {', '.join(failing)}", "code": "not_ready", "ready": False, "checks": checks}
+    return json_response(body, 503)
 
 
 @api.exception_handler(DomainError)

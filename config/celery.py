@@ -76,7 +76,7 @@ def celery_settings() -> dict[str, Any]:
         queues, control = folder / "queues", folder / "control"
         queues.mkdir(exist_ok=True)
         control.mkdir(exist_ok=True)
-        conf["broker_url"] = "tidebasefs://"
+        conf["broker_url"] = "tidebasefs://localhost/"  # a host, or kombu warns it assumed one
         conf["broker_transport_options"] = {
             "data_folder_in": str(queues),
             "data_folder_out": str(queues),

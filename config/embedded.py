@@ -20,6 +20,9 @@ def data_dir() -> Path:
 
 def embedded_database_url() -> str:
     """Start the embedded Postgres if needed and return a URL for it."""
+    from tidebase_core.logs import quiet_warnings
+
+    quiet_warnings()
     try:
         import pgserver
     except ImportError as exc:  # pragma: no cover - dependency is declared

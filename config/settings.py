@@ -267,15 +267,48 @@ LOGOUT_REDIRECT_URL = "/dashboard/login/"
 # Serve static files straight from the finders: no collectstatic step for `make run`.
 WHITENOISE_USE_FINDERS = True
 
+from tidebase_core.logs import formatter_name, quiet_warnings  # noqa: E402  (plain module, no Django)
+
+TIDEBASE_LOG_LEVEL = os.environ.get("TIDEBASE_LOG_LEVEL", "INFO").upper()
+TIDEBASE_LOG_FORMAT = os.environ.get("TIDEBASE_LOG_FORMAT", "text")
+"""``text`` (default) or ``json``: one object per line with ``request_id`` / ``task_id``."""
+# Celery's per-task and per-tick INFO lines (task received/succeeded, "Sending due task", every
+# 5 s) say nothing a person needs; our tasks log what they did when they did something.
+_CHATTER = "DEBUG" if TIDEBASE_LOG_LEVEL == "DEBUG" else "WARNING"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("TIDEBASE_LOG_LEVEL", "INFO")},
+    "filters": {"context": {"()": "tidebase_core.logs.ContextFilter"}},
+    "formatters": {
+        "text": {"()": "tidebase_core.logs.TextFormatter"},
+        "json": {"()": "tidebase_core.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "filters": ["context"],
+            "formatter": formatter_name(TIDEBASE_LOG_FORMAT),
+        }
+    },
+    "root": {"handlers": ["console"], "level": TIDEBASE_LOG_LEVEL},
     # 4xx answers are part of the protocol (409 run_leased while a lease lapses, ...): not warnings.
     # axes: failures and lockouts are warnings; its INFO lines (one per login) are not kept.
-    "loggers": {"django.request": {"level": "ERROR"}, "axes": {"level": "WARNING"}},
+    "loggers": {
+        "django.request": {"level": "ERROR"},
+        "axes": {"level": "WARNING"},
+        **{
+            name: {"level": _CHATTER}
+            for name in (
+                "celery.beat",
+                "celery.app.trace",
+                "celery.worker.strategy",
+                "celery.worker.consumer.connection",
+                "pgserver",  # the embedded Postgres: "exiting", "cleaning last handle" per process
+            )
+        },
+    },
 }
+quiet_warnings()
 
 # --- webhooks / Celery (owned by the webhooks app; see README "Webhooks") ------------------
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or ""

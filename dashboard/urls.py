@@ -15,6 +15,7 @@ urlpatterns = [
     path("runs/<str:run_id>/recover", views.run_recover_view, name="run-recover"),
     path("usage/", views.usage, name="usage"),
     path("queues/", views.queue_list, name="queues"),
+    path("processes/", views.process_list, name="processes"),
     path("webhooks/", views.webhook_list, name="webhooks"),
     path("webhooks/<str:kind>/<str:delivery_id>/redeliver", views.webhook_redeliver, name="webhook-redeliver"),
     path("keys/", views.key_list, name="keys"),

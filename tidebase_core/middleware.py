@@ -17,9 +17,10 @@ from django.http import HttpRequest, HttpResponse
 from tidebase_core import auth
 from tidebase_core.db import operational_answer
 from tidebase_core.exceptions import ServerBusy
+from tidebase_core.logs import REQUEST_ID, REQUEST_ID_ENVIRON, REQUEST_ID_HEADER, request_id_from
 from tidebase_core.wire import error_response, json_response
 
-PROTOCOL_PREFIXES = ("/health", "/runs", "/queues", "/schedules")
+PROTOCOL_PREFIXES = ("/health", "/ready", "/runs", "/queues", "/schedules")
 SSE_PATH = re.compile(r"^/runs/[^/]+/events$")
 RESOLVE_PATH = re.compile(r"^/runs/[^/]+/gates/[^/]+/resolve$")
 
@@ -111,6 +112,18 @@ class ProtocolMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        # First in both chains (protocol and dashboard), so every line logged while serving the
+        # request carries its id.
+        request_id = request_id_from(request.META.get(REQUEST_ID_ENVIRON))
+        token = REQUEST_ID.set(request_id)
+        try:
+            response = self._serve(request)
+        finally:
+            REQUEST_ID.reset(token)
+        response[REQUEST_ID_HEADER] = request_id
+        return response
+
+    def _serve(self, request: HttpRequest) -> HttpResponse:
         if not is_protocol_path(request.path_info):
             return self.get_response(request)
         request.path_info = _encoded_path(request)
@@ -148,7 +161,7 @@ class ProtocolMiddleware:
             body = {"error": "the URL cannot contain the NUL character (%00)", "code": "unsupported_value"}
             return json_response(body, 400)  # Postgres stores no NUL; see jsonsafe.py for bodies
         path = request.path_info
-        if path == "/health":
+        if path in ("/health", "/ready"):  # probes need no key (scopes.ROUTE_SCOPES: public)
             return self.get_response(request)
         header = request.META.get("HTTP_AUTHORIZATION")
         if header is not None:

@@ -47,3 +47,30 @@ class DeliveryAttempt(models.Model):
     @property
     def succeeded(self) -> bool:
         return self.http_status is not None and 200 <= self.http_status < 300
+
+
+class ProcessKind(models.TextChoices):
+    WORKER = "worker"
+    BEAT = "beat"
+
+
+class ProcessHeartbeat(models.Model):
+    """One row per running worker or beat process (``webhooks.heartbeat``), upserted every
+    ``TIDEBASE_HEARTBEAT_S`` with the database clock. ``stopped_at`` is set by a clean shutdown;
+    a process that died just stops beating. Rows not seen for ``TIDEBASE_HEARTBEAT_KEEP_S`` are
+    pruned by the survivors."""
+
+    id = models.CharField(primary_key=True, max_length=64)
+    kind = models.CharField(max_length=16, choices=ProcessKind.choices)
+    hostname = models.CharField(max_length=255)
+    pid = models.IntegerField()
+    started_at = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "tb_process_heartbeat"
+        indexes = [models.Index(fields=["kind", "-last_seen"], name="tb_heartbeat_kind_seen_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.hostname}:{self.pid}"

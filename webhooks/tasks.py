@@ -9,11 +9,13 @@ from django.conf import settings
 from django.db import connection
 
 from config.celery import app
+from tidebase_core.logs import install_celery_task_ids
 from tidebase_core.services.reconcile import reconcile_tick
 from webhooks import services
 from webhooks.dispatch import publish
 
 logger = logging.getLogger(__name__)
+install_celery_task_ids()
 
 RECONCILER_LOCK = 1952735746
 """Session advisory lock of the reconciler (PROTOCOL.md §9, 0x74646202): one tick at a time
@@ -73,4 +75,22 @@ def tick() -> dict[str, Any]:
             logger.exception("reconcile.tick.failed")
             result["reconcile"] = "error"
     result["swept"] = sweep()
+    done = _done(result)
+    if done:  # a tick that did nothing (nearly all of them) writes no line
+        logger.info("tick: %s", ", ".join(f"{k}={v}" for k, v in done.items()), extra={"tick": done})
     return result
+
+
+def _done(result: dict[str, Any]) -> dict[str, Any]:
+    """The non-zero parts of a tick's result, flattened (``reconcile.leases.requeued``: 2)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        elif value and value != "busy":  # another tick holding the reconciler lock is routine
+            out[prefix] = value
+
+    walk("", result)
+    return out

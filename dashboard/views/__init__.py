@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dashboard.views.inbox import gate_decide, inbox
 from dashboard.views.keys import key_create, key_list, key_revoke
+from dashboard.views.processes import process_list
 from dashboard.views.queues import queue_list
 from dashboard.views.runs import run_cancel_view, run_detail, run_list, run_recover_view
 from dashboard.views.usage import usage
@@ -15,6 +16,7 @@ __all__ = [
     "key_create",
     "key_list",
     "key_revoke",
+    "process_list",
     "queue_list",
     "run_cancel_view",
     "run_detail",

@@ -171,6 +171,7 @@ def _owner(w: World) -> dict[str, Any]:
 
 SAMPLES: dict[str, Sample] = {
     "health": Sample("GET", "/health", "public"),
+    "ready": Sample("GET", "/ready", "public"),
     "create_run": Sample("POST", "/runs/wf", "agent", lambda w: {}),
     "list_runs": Sample("GET", "/runs", "operator"),
     "get_run": Sample("GET", "/runs/{run}", "agent"),
@@ -265,7 +266,8 @@ def test_matrix(http: httpx.Client, operation_id: str, caller: str) -> None:
     status, body = call(http, sample, world, headers)
 
     if sample.lowest == "public":
-        assert status == 200, body
+        # No worker runs beside this server: /ready answers, 503 not_ready (never 401/403).
+        assert (status, body.get("code")) == ((503, "not_ready") if operation_id == "ready" else (200, None)), body
     elif caller == "none":
         if operation_id == "resolve_gate":  # the resolve-token route: no token, no decision
             assert (status, body["code"]) == (400, "invalid_request")
@@ -334,7 +336,7 @@ def test_a_bare_resolve_token_opens_no_route_but_its_gates_resolve(http: httpx.C
     token = Gate.objects.get(id=world.gate).resolve_token
 
     for op, sample in SAMPLES.items():
-        if op in ("health", "resolve_gate") or sample.method != "POST":
+        if op in ("health", "ready", "resolve_gate") or sample.method != "POST":
             continue
         body = {**(sample.body(world) if sample.body else {}), "token": token}
         response = http.post(world.fill(sample.path), json=body)

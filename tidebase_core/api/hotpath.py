@@ -48,6 +48,7 @@ from tidebase_core.api.state import USAGE_IDEMPOTENCY, state_body, usage_body
 from tidebase_core.api.steps import begin_body, complete_body
 from tidebase_core.db import operational_answer
 from tidebase_core.exceptions import DomainError
+from tidebase_core.logs import REQUEST_ID, REQUEST_ID_ENVIRON, REQUEST_ID_HEADER, request_id_from
 from tidebase_core.middleware import bearer_token
 from tidebase_core.wire import dumps
 
@@ -187,6 +188,8 @@ def serve(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]
     groups, operation_id, schema, handler = route
     close_old_connections()  # what Django's request_started does, before any query (auth's)
     extra_headers: list[tuple[str, str]] = []
+    request_id = request_id_from(environ.get(REQUEST_ID_ENVIRON))  # no middleware runs here
+    request_id_token = REQUEST_ID.set(request_id)
     try:
         plain = _plain(environ, operation_id)
         if plain is None:
@@ -223,12 +226,14 @@ def serve(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]
         status, content = 500, dumps({"error": "internal server error", "code": "internal_error"})
     finally:
         close_old_connections()  # ... and request_finished: a broken connection is dropped here
+        REQUEST_ID.reset(request_id_token)
     start_response(
         _STATUS[status],
         [
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(content))),
             ("Access-Control-Allow-Origin", settings.TIDEBASE_CORS_ORIGIN),
+            (REQUEST_ID_HEADER, request_id),
             *extra_headers,
         ],
     )

@@ -312,6 +312,7 @@ RUN = {"run": ref("Run")}
 OK: dict[str, Schema] = {
     # operation id: the 200 body
     "health": obj({"ok": BOOL}),
+    "ready": obj({"ready": BOOL, "checks": OBJECT}),
     "create_run": obj(RUN),
     "list_runs": obj({"runs": array(ref("Run"))}),
     "get_run": RUN_DETAIL,
@@ -357,7 +358,8 @@ ERRORS: dict[int, str] = {
     413: "The body is larger than `TIDEBASE_MAX_BODY_BYTES` (`payload_too_large`).",
     422: "The run has no recovery webhook (`no_recovery_webhook`).",
     503: "Busy: a lock wait, statement or pooled connection timed out (`lock_timeout`, `statement_timeout`, "
-    "`pool_timeout`), or too many large bodies are in progress (`busy`); retry after `Retry-After` seconds.",
+    "`pool_timeout`), or too many large bodies are in progress (`busy`); retry after `Retry-After` seconds. "
+    "`GET /ready`: not ready (`not_ready`, with `checks` naming the failing parts).",
 }
 
 NOT_FOUND = {
@@ -384,7 +386,7 @@ NOT_FOUND = {
 }
 CONFLICT = {"begin_run", "heartbeat_run", "cancel_run", "begin_step", "complete_step", "fail_step", "begin_gate"}
 CONFLICT |= {"resolve_gate"}
-EXTRA: dict[str, set[int]] = {"recover_run": {422}}
+EXTRA: dict[str, set[int]] = {"recover_run": {422}, "ready": {503}}
 
 OPTIONAL_BODIES: dict[str, type[BaseModel]] = {"cancel_run": RunCancelIn, "recover_run": RunRecoverIn}
 """Bodies the view reads itself (``common.optional_body``): no body means ``{}``."""

@@ -36,6 +36,7 @@ PUBLIC = None
 ROUTE_SCOPES: dict[str, str | None] = {
     # operation id: the lowest scope that may call it (None: no key needed)
     "health": PUBLIC,
+    "ready": PUBLIC,
     # runs
     "create_run": "agent",
     "list_runs": "operator",

@@ -41,7 +41,8 @@ class Command(BaseCommand):
             call_command("migrate", interactive=False, verbosity=1)
         connection.close()
         bind = f"{options['host']}:{options['port']}"
-        self.stdout.write(f"Tidebase listening on http://{bind} (dashboard /dashboard/, admin /admin/)")
+        self.stdout.write(banner(options["host"], options["port"]))
+        self.stdout.flush()  # before execv replaces this process
         argv = server_argv(bind=bind, workers=options["workers"], threads=options["threads"])
         if settings.DEBUG:
             argv.append("--access-log")
@@ -55,3 +56,20 @@ class Command(BaseCommand):
                 "read that key and forge sessions. Set DJANGO_SECRET_KEY (50+ random characters), or listen "
                 'on 127.0.0.1 (README, "Production settings").'
             )
+
+
+def banner(host: str, port: int) -> str:
+    """The one start-up message: printed here, before the web processes start, so once."""
+    shown = "localhost" if host in ("0.0.0.0", "::", "[::]", "") else host  # noqa: S104
+    base = f"http://{shown if ':' not in shown or shown.startswith('[') else f'[{shown}]'}:{port}"
+    python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else "python"
+    return "\n".join(
+        [
+            f"Tidebase is serving on {base}  (Ctrl-C to stop)",
+            f"  API        {base}/",
+            f"  Dashboard  {base}/dashboard/",
+            f"  Admin      {base}/admin/",
+            f"  API docs   {base}/api/docs",
+            f"  First admin: {python} manage.py tidebase_createadmin <username>",
+        ]
+    )

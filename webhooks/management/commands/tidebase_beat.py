@@ -20,7 +20,7 @@ class Command(BaseCommand):
             "-m",
             "celery",
             "-A",
-            "config.celery",
+            "webhooks.heartbeat",  # config.celery's app, with the heartbeat signals connected
             "beat",
             "--schedule",
             str(broker_folder() / "celerybeat-schedule"),

@@ -27,6 +27,7 @@ def celery_argv(*, concurrency: int, beat: bool, loglevel: str, pool: str, sched
         "celery",
         "-A",
         "config.celery",
+        "--quiet",  # no ASCII-art banner: tidebase_worker prints one line instead
         "worker",
         "--pool",
         pool,
@@ -38,6 +39,10 @@ def celery_argv(*, concurrency: int, beat: bool, loglevel: str, pool: str, sched
         "--without-mingle",
         "--queues",
         "tidebase",
+        # Connects the heartbeat signals (GET /ready, dashboard "Processes"); a forked embedded
+        # beat inherits them.
+        "--include",
+        "webhooks.heartbeat",
     ]
     if beat:
         argv += ["--beat", "--schedule", str(schedule or broker_folder() / "celerybeat-schedule")]
@@ -46,6 +51,9 @@ def celery_argv(*, concurrency: int, beat: bool, loglevel: str, pool: str, sched
 
 class Command(BaseCommand):
     help = "Run the webhook worker (Celery) with the reconciler/sweep beat embedded."
+    # The system checks are about the web server (its SECRET_KEY, hosts, cookies); tidebase_serve
+    # prints them. Printed here too, `make run` showed each warning twice.
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--concurrency", type=int, default=settings.TIDEBASE_WEBHOOK_CONCURRENCY)
