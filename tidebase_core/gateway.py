@@ -32,8 +32,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from django.conf import settings
+from django.db import OperationalError, close_old_connections
 
 from tidebase_core import auth
+from tidebase_core.db import operational_answer
 from tidebase_core.middleware import RESOLVE_PATH, bearer_token, is_protocol_path
 from tidebase_core.waiting import DEADLINE, PARK, EventStream, Parked
 from tidebase_core.wire import dumps
@@ -120,7 +122,8 @@ class Gateway:
                 return
         large = expected > settings.TIDEBASE_LARGE_BODY_BYTES
         if large:
-            assert self._large is not None, "lifespan startup did not run"
+            if self._large is None:  # a server that sent no lifespan startup
+                self._large = asyncio.Semaphore(max(1, settings.TIDEBASE_LARGE_BODY_CONCURRENCY))
             try:
                 await asyncio.wait_for(self._large.acquire(), settings.TIDEBASE_LARGE_BODY_WAIT_S)
             except TimeoutError:
@@ -160,7 +163,13 @@ class Gateway:
         if header is None and RESOLVE_PATH.match(path):
             return None  # the resolve token in the body is the credential
         loop = asyncio.get_running_loop()
-        principal = await loop.run_in_executor(self.executor, _authenticate_in_thread, bearer_token(header))
+        try:
+            principal = await loop.run_in_executor(self.executor, _authenticate_in_thread, bearer_token(header))
+        except OperationalError as exc:  # no pooled connection for the key lookup in time
+            answer = operational_answer(exc, path)
+            if answer is None:
+                raise
+            return _json(answer.status_code, answer.body(), *_encode(answer.headers()))
         if principal is None:
             return _json(401, {"error": "unauthorized", "code": "unauthorized"})
         return None
@@ -258,9 +267,11 @@ class _Client:
             self._left.cancel()
 
 
-def _authenticate_in_thread(token: str) -> object | None:
-    from django.db import close_old_connections
+def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
+
+def _authenticate_in_thread(token: str) -> object | None:
     try:
         return auth.authenticate(token)
     finally:
@@ -281,7 +292,7 @@ def _call(wsgi: WSGIApp, environ: dict[str, Any], client: _Client) -> Parked | E
         result.close()  # request_finished: the connection goes back to the pool meanwhile
         return result
     status = int(started[0].split(" ", 1)[0])
-    headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in started[1]]
+    headers = _encode(started[1])
     try:
         if not getattr(result, "streaming", False):
             return status, headers, b"".join(result)
@@ -301,7 +312,7 @@ def _call(wsgi: WSGIApp, environ: dict[str, Any], client: _Client) -> Parked | E
 
 
 def _wire_headers(response: Any) -> list[tuple[bytes, bytes]]:
-    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in response.items()]
+    return _encode(list(response.items()))
 
 
 def _no_write(data: bytes) -> None:  # pragma: no cover - Django never uses write()

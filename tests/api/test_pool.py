@@ -126,12 +126,18 @@ def test_pool__a_request_that_finds_no_free_connection_in_time_is_503_pool_timeo
             t.start()
         wait_for(lambda: lock_waiters(test_database_url) >= POOL, 30)
         busy = api.get(f"/runs/{run_id}")
+        # A large body is authenticated before it is read (tidebase_core.gateway): that lookup
+        # finds no connection either, and must be the same clear 503.
+        large = b'{"value": "' + b"x" * 100_000 + b'"}'
+        busy_large = api.put(f"/runs/{run_id}/state", content=large, headers={"Content-Type": "application/json"})
         holder.rollback()
     for t in threads:
         t.join(60)
 
     assert busy.status_code == 503, busy.text
     assert (busy.json()["code"], busy.headers["retry-after"]) == ("pool_timeout", "1")
+    assert busy_large.status_code == 503, busy_large.text
+    assert (busy_large.json()["code"], busy_large.headers["retry-after"]) == ("pool_timeout", "1")
     api.close()
 
 
