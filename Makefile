@@ -32,6 +32,9 @@ test: venv ## Run the whole test suite (unit, API, concurrency probes, interop w
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+test-fast: venv ## The suite without the slow probes, the official-client interop and the browser tests
+	$(PY) -m pytest -m "not slow and not interop" --ignore=tests/browser $(PYTEST_ARGS)
+
 lint: venv ## ruff check + format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
