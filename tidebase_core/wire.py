@@ -326,6 +326,7 @@ def usage_out(u: Any) -> dict[str, Any]:
         "outputTokens": u.output_tokens,
         "totalTokens": u.total_tokens,
         "costUsd": num(u.cost_usd),
+        "costSource": u.cost_source,
         "metadata": u.metadata,
         "createdAt": ts(u.created_at),
     }

@@ -226,6 +226,7 @@ OBJECTS: dict[str, Schema] = {
             "outputTokens": N_INT,
             "totalTokens": N_INT,
             "costUsd": N_NUM,
+            "costSource": N_STR,
             "metadata": OBJECT,
             "createdAt": TS,
         }

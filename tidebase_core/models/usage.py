@@ -23,6 +23,9 @@ class UsageRecord(models.Model):
     output_tokens = models.BigIntegerField(null=True, blank=True)
     total_tokens = models.BigIntegerField(null=True, blank=True)
     cost_usd = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True)
+    # Where cost_usd came from: "caller" (sent with the record), "genai-prices <version>" (computed
+    # by the server from tokens, provider and model), or NULL (no cost, or recorded before 0010).
+    cost_source = models.TextField(null=True, blank=True)
     metadata = models.JSONField(default=dict)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -322,6 +322,7 @@ def _usage_json(a: str) -> str:
             ("outputTokens", f"{a}.output_tokens"),
             ("totalTokens", f"{a}.total_tokens"),
             ("costUsd", num_sql(f"{a}.cost_usd")),
+            ("costSource", f"{a}.cost_source"),
             ("metadata", f"{a}.metadata"),
             ("createdAt", ts_sql(f"{a}.created_at")),
         ]

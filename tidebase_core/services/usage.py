@@ -9,7 +9,9 @@ rows any other way must call ``usage_rollup_add`` (per record) or ``usage_rollup
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal
+import functools
+from decimal import ROUND_HALF_UP, Decimal
+from types import ModuleType
 from typing import Any
 
 import psycopg
@@ -58,10 +60,11 @@ claim AS (
 go AS (SELECT ok.* FROM ok WHERE %(key)s::text IS NULL OR EXISTS (SELECT FROM claim)),
 rec AS (
   INSERT INTO tb_usage (id, run_id, step_id, kind, provider, model, label, quantity, unit, input_tokens,
-                        output_tokens, total_tokens, cost_usd, metadata, created_at)
+                        output_tokens, total_tokens, cost_usd, cost_source, metadata, created_at)
   SELECT %(id)s::text, go.id, %(step)s::text, %(kind)s::text, %(provider)s::text, %(model)s::text, %(label)s::text,
          %(quantity)s::numeric, %(unit)s::text, %(input_tokens)s::bigint, %(output_tokens)s::bigint,
-         %(total_tokens)s::bigint, %(cost_usd)s::numeric, %(metadata)s, COALESCE(%(at)s::timestamptz, clock_timestamp())
+         %(total_tokens)s::bigint, %(cost_usd)s::numeric, %(cost_source)s::text, %(metadata)s,
+         COALESCE(%(at)s::timestamptz, clock_timestamp())
   FROM go
   RETURNING id, run_id, provider, model, created_at,
             (created_at AT TIME ZONE 'UTC')::date AS day,
@@ -148,9 +151,26 @@ def usage_record(
     so a retry never double-counts (neither in tb_usage nor in the rollups).
 
     ``at`` stamps the record (seeds and tests place records on chosen instants); by default the
-    database's clock, read once the run is locked."""
+    database's clock, read once the run is locked.
+
+    Without ``cost_usd`` but with tokens, provider and model, the cost is computed with
+    genai-prices (``price_usage``) and ``cost_source`` says so; the caller's cost is never
+    replaced."""
     if total_tokens is None and (input_tokens is not None or output_tokens is not None):
         total_tokens = (input_tokens or 0) + (output_tokens or 0)
+    cost_source: str | None = None
+    if cost_usd is not None:
+        cost_source = COST_SOURCE_CALLER
+    else:
+        # Priced here, before the statement: the lookup holds no lock and no transaction open.
+        cost_usd, cost_source = price_usage(
+            provider=provider,
+            model=model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            metadata=metadata,
+            at=at,
+        )
     record = UsageRecord(
         id=ids.usage_id(),
         run_id=run_id,
@@ -165,6 +185,7 @@ def usage_record(
         output_tokens=output_tokens,
         total_tokens=total_tokens,
         cost_usd=cost_usd,
+        cost_source=cost_source,
         metadata=metadata or {},
     )
     usage = wire.usage_out(record)
@@ -187,6 +208,7 @@ def usage_record(
             "output_tokens": output_tokens,
             "total_tokens": total_tokens,
             "cost_usd": cost_usd,
+            "cost_source": cost_source,
             "metadata": jsonb(record.metadata),
             "at": at,
             "usage": jsonb(usage),
@@ -202,6 +224,72 @@ def usage_record(
     after_commit("channel", row.deliveries or [])
     record.created_at = row.created_at
     return record
+
+
+COST_SOURCE_CALLER = "caller"
+"""``cost_source`` of a record whose ``costUsd`` the agent sent."""
+
+MAX_COMPUTED_COST = Decimal(10**9)
+"""The largest cost the server fills in: what the wire accepts from callers (``UsageIn.costUsd``),
+well inside ``tb_usage.cost_usd``'s numeric(20, 10), so no token count can make the write fail."""
+
+_COST_SCALE = Decimal("1E-10")  # tb_usage.cost_usd's scale, rounded as Postgres rounds numerics
+
+# Cache token counts the SDK puts in a record's metadata (``tidebase.pydantic_ai``), with their
+# wire spellings, and the genai-prices usage field each one is.
+_CACHE_KEYS = (
+    ("cache_read_tokens", "cacheReadTokens"),
+    ("cache_write_tokens", "cacheWriteTokens"),
+)
+
+
+@functools.cache
+def _genai_prices() -> ModuleType:
+    """Imported on first use: loading its price tables takes about 0.25 s, which processes that
+    never price a record (workers, management commands) should not pay at start-up."""
+    import genai_prices
+
+    return genai_prices
+
+
+def price_usage(
+    *,
+    provider: str | None,
+    model: str | None,
+    input_tokens: int | None,
+    output_tokens: int | None,
+    metadata: dict[str, Any] | None = None,
+    at: dt.datetime | None = None,
+) -> tuple[Decimal | None, str | None]:
+    """The cost of a record that came without one, from genai-prices' bundled price tables (no
+    network) at the record's time, and its ``cost_source``; ``(None, None)`` when it cannot be
+    priced: no tokens, no provider or model, or a provider or model genai-prices does not know.
+    Never raises: a missing price must not lose the usage record.
+
+    ``input_tokens`` counts cached tokens too (as Pydantic AI and genai-prices count them); cache
+    read and write counts come from the metadata, where the SDK puts them."""
+    if not provider or not model or (input_tokens is None and output_tokens is None):
+        return None, None
+    values: dict[str, int] = {"input_tokens": input_tokens or 0, "output_tokens": output_tokens or 0}
+    for field, camel in _CACHE_KEYS:
+        count = (metadata or {}).get(field, (metadata or {}).get(camel))
+        # A count that could not be part of the input is ignored rather than trusted.
+        if type(count) is int and 0 <= count <= values["input_tokens"]:
+            values[field] = count
+    try:
+        prices = _genai_prices()
+        calc = prices.calc_price(
+            prices.Usage(**values),
+            model,
+            provider_id=provider,
+            genai_request_timestamp=at or dt.datetime.now(dt.UTC),
+        )
+        cost = Decimal(calc.total_price).quantize(_COST_SCALE, rounding=ROUND_HALF_UP)
+    except Exception:  # LookupError for an unknown provider or model; anything else is no price too
+        return None, None
+    if not 0 <= cost <= MAX_COMPUTED_COST:
+        return None, None
+    return cost, f"genai-prices {prices.__version__}"
 
 
 def _claimed(scope: str, key: str) -> str:
