@@ -9,6 +9,7 @@ still get the token, and it still works as an approval link."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 
 from tests.conftest import start_live_server
 from tidebase_core.auth import hash_key
-from tidebase_core.models import ApiKey, ChannelDelivery, Gate
+from tidebase_core.models import ApiKey, ChannelDelivery, DeliveryStatus, Gate
 from tidebase_core.wire import WITHHELD
 
 from .conftest import TEST_ENV, Receiver, Worker, wait_for
@@ -25,6 +26,17 @@ from .conftest import TEST_ENV, Receiver, Worker, wait_for
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ENV = {"Authorization": "Bearer secret"}
+
+
+@pytest.fixture(autouse=True)
+def deliveries_settled(transactional_db: None) -> Iterator[None]:
+    """Each test's teardown truncates every table, while this module's worker may still be
+    writing the deliveries the test's last request caused (a resolve's ``gate.resolved``): the
+    truncate and that write deadlocked once. Let them finish first (best effort, bounded)."""
+    yield
+    deadline = time.monotonic() + 20
+    while ChannelDelivery.objects.filter(status=DeliveryStatus.PENDING).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
