@@ -27,6 +27,7 @@ import asyncio
 import io
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -37,6 +38,7 @@ from django.db import OperationalError, close_old_connections
 from tidebase_core import auth
 from tidebase_core.db import operational_answer
 from tidebase_core.middleware import RESOLVE_PATH, bearer_token, is_protocol_path
+from tidebase_core.server import draining
 from tidebase_core.waiting import DEADLINE, PARK, EventStream, Parked
 from tidebase_core.wire import dumps
 
@@ -189,6 +191,8 @@ class Gateway:
                     if client.gone:
                         return
                     environ[DEADLINE] = outcome.deadline
+                    if draining().done():  # dispatched once more with its wait over: it answers now
+                        environ[DEADLINE] = min(outcome.deadline, time.monotonic())
                     continue
                 if isinstance(outcome, EventStream):
                     await self._events(outcome, client)
@@ -211,12 +215,22 @@ class Gateway:
             await client.chunk(b": connected\n\n")
             while True:
                 stream.flag.clear()
-                chunk = await loop.run_in_executor(self.executor, stream.poll)
+                try:
+                    chunk = await loop.run_in_executor(self.executor, stream.poll)
+                except Exception:  # e.g. no pooled connection, or the database went away
+                    # End the stream cleanly: EventSource reconnects with Last-Event-ID and
+                    # resumes where it left off, and nothing was sent that is not committed.
+                    logger.exception("sse.poll.failed")
+                    await client.send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return
                 if chunk:
                     await client.chunk(chunk)
                     continue
                 woken = await _wait(stream.flag, stream.keepalive_s, left)
                 if client.gone:
+                    return
+                if draining().done():  # shutting down: end the stream, the client reconnects
+                    await client.send({"type": "http.response.body", "body": b"", "more_body": False})
                     return
                 if not woken:
                     await client.chunk(b": keep-alive\n\n")
@@ -320,10 +334,12 @@ def _no_write(data: bytes) -> None:  # pragma: no cover - Django never uses writ
 
 
 async def _wait(flag: Any, wait_s: float, left: asyncio.Task[None]) -> bool:
-    """Wait until the flag is set (True), ``wait_s`` passes or the client leaves (False)."""
+    """Wait until the flag is set (True), ``wait_s`` passes, the client leaves or the server
+    begins shutting down (False)."""
     future = flag.future()
     try:
-        done, _ = await asyncio.wait({future, left}, timeout=max(wait_s, 0), return_when=asyncio.FIRST_COMPLETED)
+        waits = {future, left, draining()}
+        done, _ = await asyncio.wait(waits, timeout=max(wait_s, 0), return_when=asyncio.FIRST_COMPLETED)
         return future in done
     finally:
         flag.forget()
@@ -380,6 +396,10 @@ def _headers(scope: Scope) -> dict[str, str]:
     """The request headers as WSGI names them (repeated headers joined with a comma)."""
     out: dict[str, str] = {}
     for raw_name, raw_value in scope["headers"]:
+        if b"_" in raw_name:
+            # ``X_Forwarded_For`` would pass for ``X-Forwarded-For`` (and be joined to the
+            # proxy's): dropped, as gunicorn and runserver drop them.
+            continue
         name = raw_name.decode("latin-1").upper().replace("-", "_")
         if name not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
             name = "HTTP_" + name

@@ -26,13 +26,31 @@ import asyncio
 import os
 import resource
 import sys
+from typing import TYPE_CHECKING
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+if TYPE_CHECKING:
+    from uvicorn._types import ASGI3Application
 
 _REQUEST_TIMEOUT = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
     b'content-length: 71\r\n\r\n{"error":"the request did not arrive in time","code":"request_timeout"}'
 )
+
+
+_draining: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+
+
+def draining() -> asyncio.Future[None]:
+    """Done once this process's server has begun its graceful shutdown: a parked long-poll
+    answers with what it has and an SSE stream ends (its client reconnects elsewhere), instead
+    of being cancelled at ``--graceful-timeout`` with a bare 500."""
+    global _draining
+    loop = asyncio.get_running_loop()
+    if _draining is None or _draining[0] is not loop:
+        _draining = (loop, loop.create_future())
+    return _draining[1]
 
 
 class DeadlineProtocol(HttpToolsProtocol):
@@ -41,6 +59,7 @@ class DeadlineProtocol(HttpToolsProtocol):
 
     header_timeout_s = float(os.environ.get("TIDEBASE_HEADER_TIMEOUT_S") or 10)
     _deadline: asyncio.TimerHandle | None = None
+    _running: RequestResponseCycle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -56,9 +75,26 @@ class DeadlineProtocol(HttpToolsProtocol):
         if self.cycle is not None:  # None: a websocket upgrade, which the gateway refuses anyway
             self.cycle.transport = _Coalescing(self.transport, self.loop)  # type: ignore[assignment]
 
+    def shutdown(self) -> None:
+        future = draining()
+        if not future.done():
+            future.set_result(None)
+        super().shutdown()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        # uvicorn tells only ``self.cycle`` that the client left: with a request pipelined behind
+        # the running one, that is the queued request, and a parked long-poll or SSE stream would
+        # never hear of it (a claim would take runs for nobody; a stream would live forever).
+        running = self._running
+        if running is not None and running is not self.cycle and not running.response_complete:
+            running.disconnected = True
+            running.message_event.set()
         super().connection_lost(exc)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
 
     def _arm(self) -> None:
         if self._deadline is None:
@@ -152,7 +188,9 @@ def main(argv: list[str] | None = None) -> None:
         host=host.strip("[]") or "127.0.0.1",
         port=int(port),
         workers=args.workers,
-        http=DeadlineProtocol,
+        # By name, not the class: run as ``-m``, this module is ``__main__`` here and
+        # ``__mp_main__`` in a worker, where the gateway would see a second copy of ``draining``.
+        http="tidebase_core.server:DeadlineProtocol",
         loop="uvloop",
         lifespan="on",
         proxy_headers=False,
