@@ -45,6 +45,18 @@ from tidebase_core.services.lean_sql import channel_outbox_sql, compact, ts_sql
 # whether this is the run's first record. The wire form of the record (``usage``, the event's and
 # the outbox rows' payload) is built by the caller from the values it sent, as ``wire.usage_out``
 # did from the unsaved model; only ``createdAt`` comes from the row.
+# How one record is added to an existing rollup row: written once for the one-statement record
+# and for ``usage_rollup_add``.
+RUN_TOTAL_MERGE = """ON CONFLICT (run_id) DO UPDATE SET
+    first_at = LEAST(t.first_at, EXCLUDED.first_at), last_at = GREATEST(t.last_at, EXCLUDED.last_at),
+    records = t.records + 1, input_tokens = t.input_tokens + EXCLUDED.input_tokens,
+    output_tokens = t.output_tokens + EXCLUDED.output_tokens,
+    total_tokens = t.total_tokens + EXCLUDED.total_tokens, cost_usd = t.cost_usd + EXCLUDED.cost_usd"""
+DAILY_MERGE = """ON CONFLICT (day, workflow, provider, model) DO UPDATE SET
+    records = d.records + 1, runs = d.runs + EXCLUDED.runs,
+    input_tokens = d.input_tokens + EXCLUDED.input_tokens, output_tokens = d.output_tokens + EXCLUDED.output_tokens,
+    total_tokens = d.total_tokens + EXCLUDED.total_tokens, cost_usd = d.cost_usd + EXCLUDED.cost_usd"""
+
 USAGE_RECORD_SQL = compact(f"""
 WITH r AS (SELECT id, workflow_name FROM tb_run WHERE id = %(run)s FOR NO KEY UPDATE),
 ok AS (
@@ -92,14 +104,7 @@ total AS (
   SELECT rec.run_id, go.workflow_name, rec.created_at, rec.created_at, 1, rec.input_tokens, rec.output_tokens,
          rec.total_tokens, rec.cost_usd
   FROM rec, go
-  ON CONFLICT (run_id) DO UPDATE SET
-      first_at = LEAST(t.first_at, EXCLUDED.first_at),
-      last_at = GREATEST(t.last_at, EXCLUDED.last_at),
-      records = t.records + 1,
-      input_tokens = t.input_tokens + EXCLUDED.input_tokens,
-      output_tokens = t.output_tokens + EXCLUDED.output_tokens,
-      total_tokens = t.total_tokens + EXCLUDED.total_tokens,
-      cost_usd = t.cost_usd + EXCLUDED.cost_usd
+  {RUN_TOTAL_MERGE}
   RETURNING t.xmax = 0 AS first
 ),
 daily AS (
@@ -108,13 +113,7 @@ daily AS (
   SELECT rec.day, go.workflow_name, rec.provider, rec.model, 1, total.first::int, rec.input_tokens,
          rec.output_tokens, rec.total_tokens, rec.cost_usd
   FROM rec, go, total
-  ON CONFLICT (day, workflow, provider, model) DO UPDATE SET
-      records = d.records + 1,
-      runs = d.runs + EXCLUDED.runs,
-      input_tokens = d.input_tokens + EXCLUDED.input_tokens,
-      output_tokens = d.output_tokens + EXCLUDED.output_tokens,
-      total_tokens = d.total_tokens + EXCLUDED.total_tokens,
-      cost_usd = d.cost_usd + EXCLUDED.cost_usd
+  {DAILY_MERGE}
 )
 SELECT r.id IS NOT NULL AS run_found, ok.id IS NOT NULL AS step_ok, rec.created_at,
        (SELECT array_agg(id) FROM ch) AS deliveries
@@ -305,7 +304,7 @@ def _claimed(scope: str, key: str) -> str:
 # ``EXISTS (SELECT FROM daily)`` has consumed it. ``runs`` counts the run in the daily row of its
 # first record: the run-total row does not exist yet (the caller holds the run row lock, which
 # serializes this run's usage writers, so the check cannot race).
-ROLLUP_ADD_SQL = """
+ROLLUP_ADD_SQL = f"""
 WITH rec AS MATERIALIZED (
     SELECT u.run_id, r.workflow_name AS workflow, (u.created_at AT TIME ZONE 'UTC')::date AS day,
            u.provider, u.model, u.created_at,
@@ -321,13 +320,7 @@ WITH rec AS MATERIALIZED (
            (NOT EXISTS (SELECT 1 FROM tb_usage_run t WHERE t.run_id = rec.run_id))::int,
            input_tokens, output_tokens, total_tokens, cost_usd
     FROM rec
-    ON CONFLICT (day, workflow, provider, model) DO UPDATE SET
-        records = d.records + 1,
-        runs = d.runs + EXCLUDED.runs,
-        input_tokens = d.input_tokens + EXCLUDED.input_tokens,
-        output_tokens = d.output_tokens + EXCLUDED.output_tokens,
-        total_tokens = d.total_tokens + EXCLUDED.total_tokens,
-        cost_usd = d.cost_usd + EXCLUDED.cost_usd
+    {DAILY_MERGE}
     RETURNING 1
 )
 INSERT INTO tb_usage_run AS t (run_id, workflow, first_at, last_at, records, input_tokens, output_tokens,
@@ -335,14 +328,7 @@ INSERT INTO tb_usage_run AS t (run_id, workflow, first_at, last_at, records, inp
 SELECT run_id, workflow, created_at, created_at, 1, input_tokens, output_tokens, total_tokens, cost_usd
 FROM rec
 WHERE EXISTS (SELECT FROM daily)
-ON CONFLICT (run_id) DO UPDATE SET
-    first_at = LEAST(t.first_at, EXCLUDED.first_at),
-    last_at = GREATEST(t.last_at, EXCLUDED.last_at),
-    records = t.records + 1,
-    input_tokens = t.input_tokens + EXCLUDED.input_tokens,
-    output_tokens = t.output_tokens + EXCLUDED.output_tokens,
-    total_tokens = t.total_tokens + EXCLUDED.total_tokens,
-    cost_usd = t.cost_usd + EXCLUDED.cost_usd
+{RUN_TOTAL_MERGE}
 """
 
 
