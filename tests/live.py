@@ -61,3 +61,18 @@ async def until_unleased_async(call: Callable[[], Awaitable[T]], timeout_s: floa
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.1)
+
+
+def encoded(segment: str) -> str:
+    """The same path segment with its first ``_`` percent-encoded: the request then takes the
+    framework path instead of the WSGI hot path (§19.9), for comparing the two."""
+    return segment.replace("_", "%5F", 1)
+
+
+def shape(value: Any) -> Any:
+    """Keys and value types, recursively (ids and times differ between two answers)."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shape(v) for v in value]
+    return type(value).__name__

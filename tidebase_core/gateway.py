@@ -37,7 +37,15 @@ from django.db import OperationalError, close_old_connections
 
 from tidebase_core import auth
 from tidebase_core.db import operational_answer
-from tidebase_core.middleware import RESOLVE_PATH, bearer_token, is_protocol_path
+from tidebase_core.exceptions import DomainError
+from tidebase_core.middleware import (
+    RESOLVE_PATH,
+    UNAUTHORIZED,
+    bearer_token,
+    is_protocol_path,
+    large_bodies_busy,
+    too_large_body,
+)
 from tidebase_core.server import draining
 from tidebase_core.waiting import DEADLINE, PARK, EventStream, Parked
 from tidebase_core.wire import dumps
@@ -129,11 +137,7 @@ class Gateway:
             try:
                 await asyncio.wait_for(self._large.acquire(), settings.TIDEBASE_LARGE_BODY_WAIT_S)
             except TimeoutError:
-                busy: dict[str, object] = {
-                    "error": "too many large request bodies are being processed; retry shortly",
-                    "code": "busy",
-                }
-                await _respond(send, *_json(503, busy, (b"retry-after", b"1")), close=True)
+                await _respond(send, *_domain(large_bodies_busy()), close=True)
                 return
         try:
             try:
@@ -171,9 +175,9 @@ class Gateway:
             answer = operational_answer(exc, path)
             if answer is None:
                 raise
-            return _json(answer.status_code, answer.body(), *_encode(answer.headers()))
+            return _domain(answer)
         if principal is None:
-            return _json(401, {"error": "unauthorized", "code": "unauthorized"})
+            return _json(401, UNAUTHORIZED)
         return None
 
     async def _dispatch(self, environ: dict[str, Any], body: bytes, receive: Receive, send: Send) -> None:
@@ -388,8 +392,11 @@ async def _respond(
 
 
 def _too_large(limit: int) -> Answer:
-    body = {"error": f"request body is larger than {limit} bytes", "code": "payload_too_large", "limit": limit}
-    return _json(413, body)
+    return _json(413, too_large_body(limit))
+
+
+def _domain(exc: DomainError) -> Answer:
+    return _json(exc.status_code, exc.body(), *_encode(exc.headers()))
 
 
 def _headers(scope: Scope) -> dict[str, str]:

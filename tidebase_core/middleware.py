@@ -36,10 +36,22 @@ def bearer_token(header: str | None) -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
+UNAUTHORIZED: dict[str, object] = {"error": "unauthorized", "code": "unauthorized"}
+"""The 401 body, here and in the ASGI gateway (which refuses a large body before reading it)."""
+
+
+def too_large_body(limit: int) -> dict[str, object]:
+    """The 413 body, here and in the ASGI gateway."""
+    return {"error": f"request body is larger than {limit} bytes", "code": "payload_too_large", "limit": limit}
+
+
+def large_bodies_busy() -> ServerBusy:
+    """The 503 for a large body that found no admission slot, here and in the ASGI gateway."""
+    return ServerBusy("busy", "too many large request bodies are being processed; retry shortly")
+
+
 def _too_large() -> HttpResponse:
-    limit = settings.TIDEBASE_MAX_BODY_BYTES
-    body = {"error": f"request body is larger than {limit} bytes", "code": "payload_too_large", "limit": limit}
-    return json_response(body, 413)
+    return json_response(too_large_body(settings.TIDEBASE_MAX_BODY_BYTES), 413)
 
 
 def _read_chunked(request: HttpRequest) -> bool:
@@ -175,7 +187,7 @@ class ProtocolMiddleware:
             if header is None and RESOLVE_PATH.match(path):
                 principal = auth.TOKEN_ONLY  # the resolve token is the capability (§8.3)
             else:
-                return json_response({"error": "unauthorized", "code": "unauthorized"}, 401)
+                return json_response(UNAUTHORIZED, 401)
         request.tb_principal = principal  # type: ignore[attr-defined]
         chunked = (
             not request.META.get("CONTENT_LENGTH")
@@ -186,9 +198,7 @@ class ProtocolMiddleware:
             size = 0  # the ASGI gateway admitted this body before reading it (tidebase_core.gateway)
         with large_bodies.admit(size) as admitted:  # after auth: a stranger's body takes no slot
             if not admitted:
-                return error_response(
-                    ServerBusy("busy", "too many large request bodies are being processed; retry shortly")
-                )
+                return error_response(large_bodies_busy())
             if not _read_chunked(request):  # after auth: never read a stranger's body
                 return _too_large()
             return self.get_response(request)

@@ -15,26 +15,13 @@ from django.urls import get_urlconf
 
 from config import wsgi
 from tests.api.test_protocol_routes import STEP_KEYS, begun
+from tests.live import encoded, shape
 from tidebase_core.api import hotpath
 from tidebase_core.auth import key_cache
 from tidebase_core.models import Step
 from tidebase_core.services import runs as run_services
 
 pytestmark = pytest.mark.django_db(transaction=True, available_apps=["tidebase_core"])
-
-
-def encoded(run_id: str) -> str:
-    """The same run id with one character percent-encoded: the framework path (§19.9)."""
-    return run_id.replace("_", "%5F", 1)
-
-
-def shape(value: Any) -> Any:
-    """Keys and value types, recursively (ids and times differ between two steps)."""
-    if isinstance(value, dict):
-        return {k: shape(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [shape(v) for v in value]
-    return type(value).__name__
 
 
 def test_hot_and_framework_paths_answer_alike(api: httpx.Client) -> None:

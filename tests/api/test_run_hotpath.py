@@ -16,6 +16,7 @@ from django.core.signals import request_started
 from config import wsgi
 from dashboard.services import api_key_create
 from tests.api.test_protocol_routes import DETAIL_KEYS, RUN_KEYS
+from tests.live import encoded, shape
 from tidebase_core.api import hotpath
 from tidebase_core.auth import OPEN_SCOPE
 from tidebase_core.models import Channel, Event, Run
@@ -23,19 +24,6 @@ from tidebase_core.services import gates
 from tidebase_core.services import runs as run_services
 
 pytestmark = pytest.mark.django_db(transaction=True, available_apps=["tidebase_core"])
-
-
-def encoded(segment: str) -> str:
-    """The same segment with its first ``_`` percent-encoded: the framework path (§19.9)."""
-    return segment.replace("_", "%5F", 1)
-
-
-def shape(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: shape(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [shape(v) for v in value]
-    return type(value).__name__
 
 
 def test_run_routes__hot_and_framework_paths_answer_alike(api: httpx.Client) -> None:
