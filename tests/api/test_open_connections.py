@@ -42,6 +42,9 @@ def server(test_database_url: str) -> Iterator[LiveServer]:
         "TIDEBASE_HEADER_TIMEOUT_S": "3",
         "TIDEBASE_BODY_TIMEOUT_S": "4",
         "TIDEBASE_SSE_KEEPALIVE_S": "2",
+        # Longer than the test can take: the held long-poll must answer because the gate was
+        # decided, not because its wait ran out.
+        "TIDEBASE_GATE_WAIT_MAX_MS": "600000",
     }
     (ROOT / "var").mkdir(exist_ok=True)
     live = LiveServer(env, workers=WORKERS, threads=THREADS)
@@ -97,8 +100,8 @@ def test_hundreds_of_open_connections__do_not_block_other_clients(server: LiveSe
     try:
         for _ in range(PER_KIND):
             held.append(_open(server.url, _get(f"/runs/{run_id}/events?after=0")))
-            held.append(_open(server.url, _get(f"/runs/{run_id}/gates/{gate_id}?waitMs=60000")))
-            held.append(_open(server.url, _post("/queues/claim", f'{{"queues":["{queue}"],"waitMs":60000}}'.encode())))
+            held.append(_open(server.url, _get(f"/runs/{run_id}/gates/{gate_id}?waitMs=600000")))
+            held.append(_open(server.url, _post("/queues/claim", f'{{"queues":["{queue}"],"waitMs":600000}}'.encode())))
         stalled = [_open(server.url, b"GET /runs HT") for _ in range(PER_KIND)]
         slow = [_open(server.url, _post("/runs/slow", b"{" + b" " * 1000 + b"}")[:-900]) for _ in range(PER_KIND)]
         held += stalled + slow

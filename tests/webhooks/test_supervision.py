@@ -156,7 +156,7 @@ def test_ready__names_the_stale_worker_and_beat(
             answer = ready(server.url)
             return answer if answer[0] == 503 and answer[1]["error"] == "not ready: worker, beat" else None
 
-        status, body = wait_for(both_stale, 10, what="/ready 503 naming worker and beat")
+        status, body = wait_for(both_stale, 30, what="/ready 503 naming worker and beat")
         assert body["code"] == "not_ready"
         assert body["checks"]["worker"]["code"] == "no_worker"
         assert body["checks"]["worker"]["lastSeenS"] >= 1.5
