@@ -9,7 +9,7 @@ WEB_WORKERS ?= 2
 WEB_THREADS ?= 16
 export PORT
 
-.PHONY: help venv run migrate test test-fast lint typecheck bench stop clean
+.PHONY: help venv run migrate test test-fast lint typecheck bench stop clean sdk-sync sdk-check
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -35,9 +35,15 @@ test: venv ## Run the whole test suite (unit, API, concurrency probes, interop w
 test-fast: venv ## The suite without the slow probes, the official-client interop and the browser tests
 	$(PY) -m pytest -m "not slow and not interop" --ignore=tests/browser $(PYTEST_ARGS)
 
-lint: venv ## ruff check + format check
+lint: venv sdk-check ## ruff check + format check, and the generated sync SDK is not stale
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+sdk-sync: venv ## Regenerate the sync SDK (tidebase/_client.py, _context.py) from its async source
+	$(PY) scripts/unasync.py
+
+sdk-check: venv ## Fail when the generated sync SDK differs from what scripts/unasync.py makes
+	$(PY) scripts/unasync.py --check
 
 typecheck: venv ## mypy (strict) with django-stubs
 	DATABASE_URL=$${DATABASE_URL:-postgres://unused@127.0.0.1/unused} $(VENV)/bin/mypy config tidebase_core dashboard webhooks tidebase

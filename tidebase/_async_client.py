@@ -1,12 +1,15 @@
-"""The asyncio client, ``tidebase.aio.AsyncTidebase`` (real async I/O on
-``httpx.AsyncClient``; no threads)."""
+"""The client, ``AsyncTidebase`` (``tidebase.aio``).
+
+Written once: ``_async_client.py`` is the hand-written source, and ``scripts/unasync.py``
+generates the blocking client (``_client.py``) from it. What the two flavours do differently
+(sleeping, fan-out, heartbeats, awaitables, step timeouts) lives in ``_async_primitives.py``
+and ``_sync_primitives.py``; the I/O-free rest in ``_base.py`` and ``_protocol.py``.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import contextlib
-import inspect
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -14,6 +17,7 @@ from typing import Any, Self, TypeVar
 
 import httpx
 
+from . import _async_primitives as flavour
 from . import _base as base
 from . import _current
 from ._base import Call, ClientConfig, RetryPolicy
@@ -28,9 +32,13 @@ AsyncWorkflow = Callable[[Any, Any], Any]
 
 
 class AsyncTidebase:
-    """Client for a Tidebase server (asyncio). Same surface as
-    :class:`tidebase.Tidebase`, with coroutine methods; workflows and step
-    functions may be sync or async. Use ``async with`` or ``await aclose()``."""
+    """Client for a Tidebase server.
+
+    ``AsyncTidebase()`` reads ``TIDEBASE_URL`` (default ``http://localhost:7373``) and
+    ``TIDEBASE_API_KEY``. One connection pool is kept per instance; use it as a context manager
+    or call :meth:`aclose` when done. Workflows and step functions may be sync or async. Pass
+    ``transport=`` (e.g. ``httpx.MockTransport``) to test without a server.
+    """
 
     def __init__(
         self,
@@ -52,8 +60,8 @@ class AsyncTidebase:
         origin = lean_origin(self.config.url) if transport is None and http_client is None else None
         self._lean = AsyncLeanPool(origin) if origin is not None else None
         self._workflows: dict[str, AsyncWorkflow] = {}
-        self._lists_steps = True
-        self._long_polls_gates = True
+        self._lists_steps = True  # cleared when the server lacks GET /runs/:id/steps
+        self._long_polls_gates = True  # cleared when the server ignores ?waitMs=
         self.runs = AsyncRuns(self)
         self.queues = AsyncQueues(self)
         self.schedules = AsyncSchedules(self)
@@ -98,11 +106,11 @@ class AsyncTidebase:
                     raise APIConnectionError(
                         f"Tidebase request failed: {type(error).__name__}: {error} ({call.path})", path=call.path
                     ) from error
-                await asyncio.sleep(self.retry.delay_s(attempt))
+                await flavour.sleep(self.retry.delay_s(attempt))
                 continue
             if attempt < self.retry.max_retries and self.retry.retry_status(response.status_code, safe=call.safe):
                 attempt += 1
-                await asyncio.sleep(self.retry.delay_s(attempt, response.headers.get("retry-after")))
+                await flavour.sleep(self.retry.delay_s(attempt, response.headers.get("retry-after")))
                 continue
             return base.parse_response(response.status_code, response.content, call.path)
 
@@ -131,7 +139,11 @@ class AsyncTidebase:
         params: Mapping[str, str] | None = None,
         safe: bool | None = None,
     ) -> Any:
-        """Low-level call; see :meth:`tidebase.Tidebase.request`."""
+        """Low-level call: returns the decoded JSON body or raises a typed error.
+
+        GETs, PUTs and DELETEs are retried on transient failures; other methods
+        only when ``safe=True`` (or when the request never left).
+        """
         method = method.upper()
         kwargs: dict[str, Any] = {} if body is None else {"body": body}
         is_safe = method in ("GET", "PUT", "DELETE") if safe is None else safe
@@ -140,7 +152,8 @@ class AsyncTidebase:
     # ---- workflows ---------------------------------------------------------
 
     def workflow(self, name: str, fn: F | None = None) -> Any:
-        """Register a workflow for :meth:`work`; usable as a decorator."""
+        """Register a workflow for :meth:`work` and ``run(name)``; usable as
+        ``@tide.workflow("name")``."""
         if fn is not None:
             self._workflows[name] = fn
             return fn
@@ -150,6 +163,12 @@ class AsyncTidebase:
             return f
 
         return decorator
+
+    def _workflow_for(self, name: str, workflow: AsyncWorkflow | None) -> AsyncWorkflow:
+        found = workflow or self._workflows.get(name)
+        if found is None:
+            raise ValueError(f"no workflow registered for {name!r}")
+        return found
 
     async def run(
         self,
@@ -161,10 +180,12 @@ class AsyncTidebase:
         recovery_webhook: str | None = None,
         channels: list[Any] | None = None,
     ) -> Any:
-        """Create a run (or resume ``run_id``) and execute ``workflow(run, input)``."""
-        fn = workflow or self._workflows.get(workflow_name)
-        if fn is None:
-            raise ValueError(f"no workflow registered for {workflow_name!r}")
+        """Create a run (or resume ``run_id``) and execute ``workflow(run, input)``.
+
+        Completed steps replay from their checkpoints without re-executing.
+        A completed run returns its stored result without running anything.
+        """
+        fn = self._workflow_for(workflow_name, workflow)
         if run_id is None:
             run = await self.runs.create(workflow_name, input, metadata, recovery_webhook, channels)
         else:
@@ -192,9 +213,7 @@ class AsyncTidebase:
             await context._load_checkpoints()
         try:
             with _current.running(context):  # what integrations (tidebase.pydantic_ai) find
-                result = workflow(context, run.get("input"))
-                if inspect.isawaitable(result):
-                    result = await result
+                result = await flavour.result_of(workflow(context, run.get("input")), "workflow")
             encoded = base.encode_result(result)
         except RunCancelled:
             raise
@@ -205,7 +224,7 @@ class AsyncTidebase:
         return result
 
     async def _report_run_failure(self, run_id: str, error: BaseException) -> None:
-        with contextlib.suppress(TidebaseError, RunCancelled):
+        with contextlib.suppress(TidebaseError, RunCancelled):  # the original error matters more
             await self._send(Call("POST", f"/runs/{run_id}/fail", {"error": base.serialize_error(error)}))
 
     async def _list_completed_steps(self, run_id: str) -> Mapping[str, Any] | None:
@@ -217,22 +236,29 @@ class AsyncTidebase:
             )
         except TidebaseError as error:
             if error.status in (404, 405):
-                self._lists_steps = False
+                self._lists_steps = False  # an older server: steps/begin per step
                 return None
             raise
         return answer
 
     async def enqueue(self, workflow_name: str, *, queue: str = "default", **options: Any) -> dict[str, Any]:
-        """Enqueue a durable queued run; see :meth:`tidebase.Tidebase.enqueue`."""
+        """Enqueue a durable queued run; returns ``{"run": ..., "deduplicated": bool}``.
+
+        Options: ``input``, ``metadata``, ``dedupe_key``, ``delay_s``, ``run_at``
+        (``…Z`` string or aware datetime), ``max_attempts``, ``priority``,
+        ``deadline_s``, ``recovery_webhook``, ``channels``.
+        """
         answer: dict[str, Any] = await self._send(
             Call("POST", f"/queues/{base.quote(queue)}/enqueue", base.enqueue_body(workflow_name, options), safe=True)
         )
         return answer
 
     async def cancel(self, run_id: str, reason: str | None = None, actor: str | None = None) -> dict[str, Any]:
+        """Cancel a run; the same as :meth:`AsyncRuns.cancel`."""
         return await self.runs.cancel(run_id, reason, actor)
 
     async def attach(self, workflow_name: str, run_id: str | None = None, **options: Any) -> Any:
+        """Hold a run as a session; the same as :meth:`AsyncRuns.attach`."""
         return await self.runs.attach(workflow_name, run_id, **options)
 
     async def work(
@@ -245,8 +271,10 @@ class AsyncTidebase:
         stop: Callable[[], bool] | None = None,
         on_error: Callable[[BaseException, dict[str, Any]], Any] | None = None,
     ) -> None:
-        """Async pull-mode worker. Runs until ``stop()`` is true or the task is cancelled.
-        Claimed runs of unregistered workflows are failed, not left leased."""
+        """Pull-mode worker: claim ready runs and execute their registered workflows until
+        ``stop()`` returns true. Claimed runs of unregistered workflows are failed, not left
+        leased; ``on_error(error, run)`` hears of each failed run (the async client awaits it
+        when it returns an awaitable)."""
         body = base.claim_body(queues or ["default"], lease_owner, limit, base.CLAIM_WAIT_MS)
         while not (stop and stop()):
             started = time.monotonic()
@@ -262,15 +290,13 @@ class AsyncTidebase:
                     await self._execute(run, claim["leaseOwner"], fn, list_steps=base.should_list_steps(run, False))
                 except Exception as error:
                     if on_error is not None:
-                        outcome = on_error(error, run)
-                        if inspect.isawaitable(outcome):
-                            await outcome
+                        await flavour.settle(on_error(error, run))
             if base.should_sleep_after_claim(claim, body, time.monotonic() - started):
-                await asyncio.sleep(poll_s)
+                await flavour.sleep(poll_s)
 
 
 class AsyncRuns:
-    """``tide.runs`` on the async client."""
+    """``tide.runs``: create, inspect, cancel and attach to runs."""
 
     def __init__(self, client: AsyncTidebase) -> None:
         self._client = client
@@ -289,6 +315,7 @@ class AsyncRuns:
         return run
 
     async def get(self, run_id: str) -> dict[str, Any]:
+        """Run detail: ``{"run", "steps", "state", "gates", "events", "usage", ...}``."""
         answer: dict[str, Any] = await self._client._send(Call("GET", f"/runs/{run_id}", safe=True))
         return answer
 
@@ -301,13 +328,18 @@ class AsyncRuns:
         return answer
 
     async def cancel(self, run_id: str, reason: str | None = None, actor: str | None = None) -> dict[str, Any]:
+        """Cancel a run (one-way). Workers notice at their next step or gate."""
         body = base.compact(reason=reason, actor=actor)
         answer = await self._client._send(Call("POST", f"/runs/{run_id}/cancel", body, safe=True))
         run: dict[str, Any] = answer["run"]
         return run
 
     async def subscribe(self, run_id: str, after: int = 0) -> AsyncIterator[dict[str, Any]]:
-        """Async iterator over the run's events (SSE); resumes after drops."""
+        """Yield the run's events (SSE), replaying those after ``after`` first.
+
+        The stream never ends on its own; break out of the loop when done. A
+        dropped connection is resumed from the last event seen.
+        """
         client = self._client
         failures = 0
         while True:
@@ -332,7 +364,7 @@ class AsyncRuns:
                 failures += 1
                 if failures > client.retry.max_retries:
                     raise APIConnectionError(f"event stream lost: {error}", path=f"/runs/{run_id}/events") from error
-                await asyncio.sleep(client.retry.delay_s(failures))
+                await flavour.sleep(client.retry.delay_s(failures))
 
     async def attach(
         self,
@@ -346,7 +378,9 @@ class AsyncRuns:
         heartbeat_s: float | None = 20.0,
         on_lease_lost: Callable[[BaseException], Any] | None = None,
     ) -> Any:
-        """Hold a run as a session; the heartbeat is an asyncio task."""
+        """Hold a run as a session (not a single workflow function): take its lease, heartbeat
+        it in the background, and report the outcome with ``session.complete()`` /
+        ``session.fail()``. See :class:`AsyncRunSession`."""
         from ._async_context import AsyncRunSession
 
         if run_id is None:
@@ -364,6 +398,8 @@ class AsyncRuns:
 
 
 class AsyncQueues:
+    """``tide.queues``: queue caps and stats."""
+
     def __init__(self, client: AsyncTidebase) -> None:
         self._client = client
 
@@ -387,6 +423,8 @@ class AsyncQueues:
 
 
 class AsyncSchedules:
+    """``tide.schedules``: cron schedules that enqueue runs."""
+
     def __init__(self, client: AsyncTidebase) -> None:
         self._client = client
 

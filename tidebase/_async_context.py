@@ -1,14 +1,17 @@
-"""What an async workflow receives: ``AsyncRunContext`` and ``AsyncRunSession``."""
+"""What a workflow receives: ``AsyncRunContext`` and the ``AsyncRunSession`` handle.
+
+Written once: ``_async_context.py`` is the hand-written source, and ``scripts/unasync.py``
+generates the blocking flavour (``_context.py``) from it; see ``_async_client.py``.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import inspect
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Self
 
+from . import _async_primitives as flavour
 from . import _base as base
 from . import _current
 from . import _protocol as protocol
@@ -37,7 +40,7 @@ __all__ = [
 
 
 class AsyncRunContext:
-    """The handle an async workflow gets as ``run``."""
+    """The handle a workflow gets as ``run``: steps, gates, state, usage."""
 
     def __init__(self, client: AsyncTidebase, run_id: str, lease_owner: str) -> None:
         self._client = client
@@ -77,11 +80,19 @@ class AsyncRunContext:
         credentials: list[Any] | None = None,
         returns: Any = None,
     ) -> Any:
-        """Run ``fn`` (sync, async, or returning an awaitable) once per run and
-        checkpoint its result; see :meth:`tidebase.RunContext.step`.
+        """Run ``fn`` (sync, async, or returning an awaitable) once per run and checkpoint its result.
 
-        ``timeout_s`` is enforced on awaitable results (a timeout counts as a
-        failed attempt, so ``retries`` apply).
+        On a resume the stored JSON comes back instead of calling ``fn``
+        (objects as :class:`~tidebase.CheckpointDict`, or validated into
+        ``returns`` when given). Declare ``side_effects`` and an
+        ``idempotency_key`` for external writes.
+
+        ``timeout_s`` bounds each attempt: a result not there in time fails the attempt with
+        ``TimeoutError`` (``retries`` apply). An awaitable result is cancelled at the deadline.
+        The blocking client runs ``fn`` in a worker thread when ``timeout_s`` is given and stops
+        waiting at the deadline (the thread cannot be stopped: it finishes in the background and
+        its result is dropped); the asyncio client calls ``fn`` on the event loop, where only the
+        awaitable it returns can be timed out.
         """
         spec = StepSpec.build(
             name,
@@ -109,10 +120,7 @@ class AsyncRunContext:
             step_id, owner = answer["step"]["id"], answer.get("leaseOwner") or self._lease_owner
             try:
                 with _current.step_scope(self.run_id, spec.name, step_id):
-                    result = fn()
-                    if inspect.isawaitable(result):
-                        async with asyncio.timeout(spec.timeout_s):
-                            result = await result
+                    result = await flavour.call_step(fn, spec.timeout_s, f"step {name!r}")
                 encoded = spec.encode_output(result)
             except RunCancelled:
                 raise
@@ -142,7 +150,8 @@ class AsyncRunContext:
         try:
             await self._client._send(Call("POST", path, body, safe=True))
         except Conflict as error:
-            # Possibly our own earlier complete whose response was lost.
+            # A retried complete whose first response was lost lands here too:
+            # ask again, and accept the checkpoint if it is already there.
             try:
                 answer = await self._begin_step(spec)
                 action = protocol.check_begin(answer, self.run_id, spec, self._steps_path("begin"))
@@ -164,7 +173,7 @@ class AsyncRunContext:
     async def _fail_step(
         self, spec: StepSpec, step_id: str, owner: str, error: BaseException, *, retryable: bool
     ) -> None:
-        with contextlib.suppress(TidebaseError, RunCancelled):
+        with contextlib.suppress(TidebaseError, RunCancelled):  # the step's own error matters more
             await self._client._send(
                 Call(
                     "POST",
@@ -186,7 +195,11 @@ class AsyncRunContext:
         timeout_s: float | None = None,
         poll_s: float = 1.0,
     ) -> GateDecision:
-        """Open (or rejoin) a gate and wait for the decision (long-poll)."""
+        """Open (or rejoin) the gate ``name`` and wait until a human decides (long-poll).
+
+        Raises :class:`GateTimeout` after ``timeout_s`` (the gate stays open),
+        :class:`RunCancelled` if the run is cancelled meanwhile.
+        """
         begun = await self._client._send(
             Call(
                 "POST",
@@ -215,7 +228,7 @@ class AsyncRunContext:
                 pause = waiter.after_pending_poll(asked_ms, time.monotonic() - started)
                 self._client._long_polls_gates = waiter.long_poll
                 if pause:
-                    await asyncio.sleep(pause)
+                    await flavour.sleep(pause)
         return GateDecision.from_gate(gate)
 
     # ---- children ----------------------------------------------------------
@@ -233,7 +246,8 @@ class AsyncRunContext:
         edge_type: str = "child",
         edge_metadata: Mapping[str, Any] | None = None,
     ) -> Any:
-        """Run a child workflow as its own run, idempotent by edge ``name``."""
+        """Run a child workflow as its own run. The edge ``name`` (default:
+        the workflow name) makes it idempotent: a resumed parent reuses it."""
         options = {
             "input": input,
             "metadata": metadata,
@@ -248,26 +262,30 @@ class AsyncRunContext:
         return await self._client.run(workflow_name, workflow, run_id=answer["run"]["id"])
 
     async def fanout(self, name: str, children: list[Mapping[str, Any]], *, checkpoint: str | None = None) -> Any:
-        """Run children concurrently and checkpoint the joined results."""
-        results = await asyncio.gather(
-            *(
-                self.child(
-                    child.get("workflow_name") or child["name"],
-                    child["workflow"],
-                    name=child["name"],
-                    input=child.get("input"),
-                    metadata=child.get("metadata"),
-                    recovery_webhook=child.get("recovery_webhook"),
-                    channels=child.get("channels"),
-                    edge_type="fanout",
-                    edge_metadata={"fanout": name},
-                )
-                for child in children
+        """Run children concurrently (threads in the blocking client, tasks in the asyncio one)
+        and checkpoint the joined results.
+
+        Each child is ``{"name", "workflow", "workflow_name"?, "input"?,
+        "metadata"?, "recovery_webhook"?, "channels"?}``.
+        """
+
+        async def start(child: Mapping[str, Any]) -> Any:
+            return await self.child(
+                child.get("workflow_name") or child["name"],
+                child["workflow"],
+                name=child["name"],
+                input=child.get("input"),
+                metadata=child.get("metadata"),
+                recovery_webhook=child.get("recovery_webhook"),
+                channels=child.get("channels"),
+                edge_type="fanout",
+                edge_metadata={"fanout": name},
             )
-        )
+
+        results = await flavour.gather(start, children)
         return await self.step(
             f"join:{checkpoint or name}",
-            lambda: list(results),
+            lambda: results,
             input=base.fanout_join_input(name, list(children)),
             replay="auto",
             checkpoint_invariant=base.FANOUT_INVARIANT,
@@ -299,6 +317,8 @@ class _AsyncRunResource:
 
 
 class AsyncRunGates(_AsyncRunResource):
+    """Non-blocking gates, for callers that cannot wait on a human."""
+
     async def begin(
         self,
         name: str,
@@ -309,6 +329,7 @@ class AsyncRunGates(_AsyncRunResource):
         capability: Any = None,
         timeout_s: float | None = None,
     ) -> dict[str, Any]:
+        """Open (or rejoin) a gate; returns ``{gateId, name, status, decision, actor, payload}``."""
         body = base.gate_begin_body(name, prompt, data, channels, capability, timeout_s)
         return protocol.map_gate((await self._call("POST", "/gates/begin", body, safe=True))["gate"])
 
@@ -318,6 +339,11 @@ class AsyncRunGates(_AsyncRunResource):
 
 
 class AsyncRunState(_AsyncRunResource):
+    """Live run state and its version history.
+
+    Options: ``stream``, ``label``, ``reason``, ``importance``, ``metadata``, ``created_by``.
+    """
+
     async def set(self, value: Any, **options: Any) -> dict[str, Any]:
         state: dict[str, Any] = await self._call("PUT", "/state", {"value": value, **base.state_options(options)})
         return state
@@ -339,6 +365,9 @@ class AsyncRunState(_AsyncRunResource):
 
 class AsyncRunUsage(_AsyncRunResource):
     async def record(self, **fields: Any) -> dict[str, Any]:
+        """Record usage: ``kind``, ``provider``, ``model``, ``input_tokens``,
+        ``output_tokens``, ``total_tokens``, ``cost_usd``, ``quantity``,
+        ``unit``, ``label``, ``step_id``, ``metadata``."""
         _current.note_usage_record(self._run_id, fields)
         answer: dict[str, Any] = await self._call("POST", "/usage", base.usage_body(fields), safe=True)
         return answer
@@ -346,6 +375,7 @@ class AsyncRunUsage(_AsyncRunResource):
 
 class AsyncRunSnapshots(_AsyncRunResource):
     async def create(self, label: str, state: Any, **options: Any) -> dict[str, Any]:
+        """Options: ``target`` (``{"type", "id"}``), ``reason``, ``metadata``, ``created_by``."""
         answer: dict[str, Any] = await self._call("POST", "/snapshots", base.snapshot_body(label, state, options))
         return answer
 
@@ -355,10 +385,13 @@ class AsyncRunSnapshots(_AsyncRunResource):
 
 
 class AsyncRunSession(AsyncRunContext):
-    """A run held open by a session; the heartbeat is an asyncio task.
+    """A run held open by a session (see ``tide.runs.attach``).
 
-    On the first heartbeat failure the task stops and ``on_lease_lost(error)``
-    is called (awaited if it returns an awaitable).
+    The run lease is renewed every ``heartbeat_s`` in the background (a daemon thread in the
+    blocking client, an asyncio task in the asyncio one); on the first failure the heartbeat
+    stops and calls ``on_lease_lost(error)`` (the asyncio client awaits an awaitable it returns).
+    Finish with :meth:`complete` or :meth:`fail`; :meth:`aclose` only stops heartbeating. As a
+    context manager it closes on exit and fails the run on an exception.
     """
 
     def __init__(
@@ -372,30 +405,18 @@ class AsyncRunSession(AsyncRunContext):
     ) -> None:
         super().__init__(client, run["id"], lease_owner)
         self.run = run
-        self._on_lease_lost = on_lease_lost
-        self._task: asyncio.Task[None] | None = None
+        self._heartbeat: flavour.Heartbeat | None = None
         if heartbeat_s:
-            self._task = asyncio.get_running_loop().create_task(
-                self._beat(heartbeat_s), name=f"tidebase-heartbeat-{self.run_id}"
+            self._heartbeat = flavour.Heartbeat(
+                self.heartbeat, heartbeat_s, on_lease_lost, name=f"tidebase-heartbeat-{self.run_id}"
             )
-
-    async def _beat(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.heartbeat()
-            except Exception as error:
-                if self._on_lease_lost is not None:
-                    outcome = self._on_lease_lost(error)
-                    if inspect.isawaitable(outcome):
-                        await outcome
-                return
 
     @property
     def heartbeating(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._heartbeat is not None and self._heartbeat.running
 
     async def heartbeat(self) -> dict[str, Any]:
+        """Renew the lease once; raises if it is lost."""
         answer: dict[str, Any] = await self._client._send(
             Call("POST", f"/runs/{self.run_id}/heartbeat", {"leaseOwner": self._lease_owner}, safe=True)
         )
@@ -414,18 +435,18 @@ class AsyncRunSession(AsyncRunContext):
         answer: dict[str, Any] = await self._client._send(Call("POST", f"/runs/{self.run_id}/fail", {"error": body}))
         return answer
 
+    # unasync: async-only begin
     def close(self) -> None:
         """Stop heartbeating (without waiting) and report nothing."""
-        if self._task is not None and self._task is not asyncio.current_task():
-            self._task.cancel()
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
 
+    # unasync: async-only end
     async def aclose(self) -> None:
-        """Stop heartbeating and wait for the task to finish."""
-        task = self._task
-        self.close()
-        if task is not None and task is not asyncio.current_task():
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Stop heartbeating without reporting an outcome (the asyncio client also waits for the
+        heartbeat task to end)."""
+        if self._heartbeat is not None:
+            await self._heartbeat.aclose()
 
     async def gates_begin(self, name: str, prompt: str, **options: Any) -> dict[str, Any]:
         return await self.gates.begin(name, prompt, **options)

@@ -1,11 +1,16 @@
-"""The synchronous client, ``tidebase.Tidebase``."""
+# generated from tidebase/_async_client.py by scripts/unasync.py; do not edit (make sdk-sync)
+"""The client, ``Tidebase`` (``tidebase``).
+
+Written once: ``_async_client.py`` is the hand-written source, and ``scripts/unasync.py``
+generates the blocking client (``_client.py``) from it. What the two flavours do differently
+(sleeping, fan-out, heartbeats, awaitables, step timeouts) lives in ``_async_primitives.py``
+and ``_sync_primitives.py``; the I/O-free rest in ``_base.py`` and ``_protocol.py``.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import contextlib
-import inspect
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -15,6 +20,7 @@ import httpx
 
 from . import _base as base
 from . import _current
+from . import _sync_primitives as flavour
 from ._base import Call, ClientConfig, RetryPolicy
 from ._exceptions import APIConnectionError, RunCancelled, TidebaseError
 from ._json import wrap_replayed
@@ -27,12 +33,12 @@ Workflow = Callable[[Any, Any], Any]
 
 
 class Tidebase:
-    """Client for a Tidebase server (sync).
+    """Client for a Tidebase server.
 
-    ``Tidebase()`` reads ``TIDEBASE_URL`` (default ``http://localhost:7373``)
-    and ``TIDEBASE_API_KEY``. One connection pool is kept per instance; use it
-    as a context manager or call :meth:`close` when done. Pass ``transport=``
-    (e.g. ``httpx.MockTransport``) to test without a server.
+    ``Tidebase()`` reads ``TIDEBASE_URL`` (default ``http://localhost:7373``) and
+    ``TIDEBASE_API_KEY``. One connection pool is kept per instance; use it as a context manager
+    or call :meth:`close` when done. Workflows and step functions may be sync or async. Pass
+    ``transport=`` (e.g. ``httpx.MockTransport``) to test without a server.
     """
 
     def __init__(
@@ -101,11 +107,11 @@ class Tidebase:
                     raise APIConnectionError(
                         f"Tidebase request failed: {type(error).__name__}: {error} ({call.path})", path=call.path
                     ) from error
-                time.sleep(self.retry.delay_s(attempt))
+                flavour.sleep(self.retry.delay_s(attempt))
                 continue
             if attempt < self.retry.max_retries and self.retry.retry_status(response.status_code, safe=call.safe):
                 attempt += 1
-                time.sleep(self.retry.delay_s(attempt, response.headers.get("retry-after")))
+                flavour.sleep(self.retry.delay_s(attempt, response.headers.get("retry-after")))
                 continue
             return base.parse_response(response.status_code, response.content, call.path)
 
@@ -141,11 +147,8 @@ class Tidebase:
         """
         method = method.upper()
         kwargs: dict[str, Any] = {} if body is None else {"body": body}
-        return self._send(
-            Call(
-                method, path, params=params, safe=method in ("GET", "PUT", "DELETE") if safe is None else safe, **kwargs
-            )
-        )
+        is_safe = method in ("GET", "PUT", "DELETE") if safe is None else safe
+        return self._send(Call(method, path, params=params, safe=is_safe, **kwargs))
 
     # ---- workflows ---------------------------------------------------------
 
@@ -209,9 +212,7 @@ class Tidebase:
             context._load_checkpoints()
         try:
             with _current.running(context):  # what integrations (tidebase.pydantic_ai) find
-                result = workflow(context, run.get("input"))
-                if inspect.isawaitable(result):
-                    result = _run_awaitable(result, "workflow")
+                result = flavour.result_of(workflow(context, run.get("input")), "workflow")
             encoded = base.encode_result(result)
         except RunCancelled:
             raise
@@ -251,6 +252,14 @@ class Tidebase:
         )
         return answer
 
+    def cancel(self, run_id: str, reason: str | None = None, actor: str | None = None) -> dict[str, Any]:
+        """Cancel a run; the same as :meth:`Runs.cancel`."""
+        return self.runs.cancel(run_id, reason, actor)
+
+    def attach(self, workflow_name: str, run_id: str | None = None, **options: Any) -> Any:
+        """Hold a run as a session; the same as :meth:`Runs.attach`."""
+        return self.runs.attach(workflow_name, run_id, **options)
+
     def work(
         self,
         queues: list[str] | None = None,
@@ -259,10 +268,12 @@ class Tidebase:
         poll_s: float = 1.0,
         limit: int = 1,
         stop: Callable[[], bool] | None = None,
-        on_error: Callable[[BaseException, dict[str, Any]], None] | None = None,
+        on_error: Callable[[BaseException, dict[str, Any]], Any] | None = None,
     ) -> None:
-        """Pull-mode worker: claim ready runs and execute their registered
-        workflows until ``stop()`` returns true."""
+        """Pull-mode worker: claim ready runs and execute their registered workflows until
+        ``stop()`` returns true. Claimed runs of unregistered workflows are failed, not left
+        leased; ``on_error(error, run)`` hears of each failed run (the async client awaits it
+        when it returns an awaitable)."""
         body = base.claim_body(queues or ["default"], lease_owner, limit, base.CLAIM_WAIT_MS)
         while not (stop and stop()):
             started = time.monotonic()
@@ -278,29 +289,9 @@ class Tidebase:
                     self._execute(run, claim["leaseOwner"], fn, list_steps=base.should_list_steps(run, False))
                 except Exception as error:
                     if on_error is not None:
-                        on_error(error, run)
+                        flavour.settle(on_error(error, run))
             if base.should_sleep_after_claim(claim, body, time.monotonic() - started):
-                time.sleep(poll_s)
-
-
-def _run_awaitable(value: Any, what: str) -> Any:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-
-        async def wait() -> Any:
-            return await value
-
-        return asyncio.run(wait())
-    if inspect.iscoroutine(value):
-        value.close()
-    from ._exceptions import AsyncStepInSyncClient
-
-    raise AsyncStepInSyncClient(
-        f"The {what} returned an awaitable while an event loop is running; the sync client cannot "
-        "await it. Use `from tidebase.aio import AsyncTidebase` in async code.",
-        code="async_step_in_sync_client",
-    )
+                flavour.sleep(poll_s)
 
 
 class Runs:
@@ -318,9 +309,8 @@ class Runs:
         channels: list[Any] | None = None,
     ) -> dict[str, Any]:
         body = base.run_create_body(input, metadata, recovery_webhook, channels)
-        run: dict[str, Any] = self._client._send(Call("POST", f"/runs/{base.quote(workflow_name)}", body, safe=True))[
-            "run"
-        ]
+        answer = self._client._send(Call("POST", f"/runs/{base.quote(workflow_name)}", body, safe=True))
+        run: dict[str, Any] = answer["run"]
         return run
 
     def get(self, run_id: str) -> dict[str, Any]:
@@ -339,7 +329,8 @@ class Runs:
     def cancel(self, run_id: str, reason: str | None = None, actor: str | None = None) -> dict[str, Any]:
         """Cancel a run (one-way). Workers notice at their next step or gate."""
         body = base.compact(reason=reason, actor=actor)
-        run: dict[str, Any] = self._client._send(Call("POST", f"/runs/{run_id}/cancel", body, safe=True))["run"]
+        answer = self._client._send(Call("POST", f"/runs/{run_id}/cancel", body, safe=True))
+        run: dict[str, Any] = answer["run"]
         return run
 
     def subscribe(self, run_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
@@ -372,7 +363,7 @@ class Runs:
                 failures += 1
                 if failures > client.retry.max_retries:
                     raise APIConnectionError(f"event stream lost: {error}", path=f"/runs/{run_id}/events") from error
-                time.sleep(client.retry.delay_s(failures))
+                flavour.sleep(client.retry.delay_s(failures))
 
     def attach(
         self,
@@ -384,11 +375,11 @@ class Runs:
         recovery_webhook: str | None = None,
         channels: builtins.list[Any] | None = None,
         heartbeat_s: float | None = 20.0,
-        on_lease_lost: Callable[[BaseException], None] | None = None,
+        on_lease_lost: Callable[[BaseException], Any] | None = None,
     ) -> Any:
-        """Hold a run as a session (not a single workflow function): take its
-        lease, heartbeat it in a background thread, and report the outcome
-        with ``session.complete()`` / ``session.fail()``."""
+        """Hold a run as a session (not a single workflow function): take its lease, heartbeat
+        it in the background, and report the outcome with ``session.complete()`` /
+        ``session.fail()``. See :class:`RunSession`."""
         from ._context import RunSession
 
         if run_id is None:
@@ -447,13 +438,13 @@ class Schedules:
     ) -> dict[str, Any]:
         body = {"cron": cron, "workflowName": workflow_name, "queue": queue, "enabled": enabled}
         body.update(base.compact(input=input, maxAttempts=max_attempts))
-        schedule: dict[str, Any] = self._client._send(Call("PUT", f"/schedules/{base.quote(name)}", body, safe=True))[
-            "schedule"
-        ]
+        answer = self._client._send(Call("PUT", f"/schedules/{base.quote(name)}", body, safe=True))
+        schedule: dict[str, Any] = answer["schedule"]
         return schedule
 
     def list(self) -> list[dict[str, Any]]:
-        schedules: list[dict[str, Any]] = self._client._send(Call("GET", "/schedules", safe=True))["schedules"]
+        answer = self._client._send(Call("GET", "/schedules", safe=True))
+        schedules: list[dict[str, Any]] = answer["schedules"]
         return schedules
 
     def delete(self, name: str) -> dict[str, Any]:

@@ -1,20 +1,22 @@
-"""What a sync workflow receives: ``RunContext`` and the ``RunSession`` handle."""
+# generated from tidebase/_async_context.py by scripts/unasync.py; do not edit (make sdk-sync)
+"""What a workflow receives: ``RunContext`` and the ``RunSession`` handle.
+
+Written once: ``_async_context.py`` is the hand-written source, and ``scripts/unasync.py``
+generates the blocking flavour (``_context.py``) from it; see ``_async_client.py``.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import inspect
-import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Self
 
 from . import _base as base
 from . import _current
 from . import _protocol as protocol
+from . import _sync_primitives as flavour
 from ._base import Call
-from ._client import _run_awaitable
 from ._exceptions import (
     Conflict,
     GateTimeout,
@@ -28,7 +30,14 @@ from ._protocol import GateDecision, GateWaiter, StepCache, StepSpec
 if TYPE_CHECKING:
     from ._client import Tidebase, Workflow
 
-__all__ = ["RunContext", "RunGates", "RunSession", "RunSnapshots", "RunState", "RunUsage"]
+__all__ = [
+    "RunContext",
+    "RunGates",
+    "RunSession",
+    "RunSnapshots",
+    "RunState",
+    "RunUsage",
+]
 
 
 class RunContext:
@@ -72,12 +81,19 @@ class RunContext:
         credentials: list[Any] | None = None,
         returns: Any = None,
     ) -> Any:
-        """Run ``fn`` once per run and checkpoint its result.
+        """Run ``fn`` (sync, async, or returning an awaitable) once per run and checkpoint its result.
 
         On a resume the stored JSON comes back instead of calling ``fn``
         (objects as :class:`~tidebase.CheckpointDict`, or validated into
         ``returns`` when given). Declare ``side_effects`` and an
-        ``idempotency_key`` for external writes; ``timeout_s`` is recorded only.
+        ``idempotency_key`` for external writes.
+
+        ``timeout_s`` bounds each attempt: a result not there in time fails the attempt with
+        ``TimeoutError`` (``retries`` apply). An awaitable result is cancelled at the deadline.
+        The blocking client runs ``fn`` in a worker thread when ``timeout_s`` is given and stops
+        waiting at the deadline (the thread cannot be stopped: it finishes in the background and
+        its result is dropped); the asyncio client calls ``fn`` on the event loop, where only the
+        awaitable it returns can be timed out.
         """
         spec = StepSpec.build(
             name,
@@ -105,9 +121,7 @@ class RunContext:
             step_id, owner = answer["step"]["id"], answer.get("leaseOwner") or self._lease_owner
             try:
                 with _current.step_scope(self.run_id, spec.name, step_id):
-                    result = fn()
-                    if inspect.isawaitable(result):
-                        result = _run_awaitable(result, f"step {name!r}")
+                    result = flavour.call_step(fn, spec.timeout_s, f"step {name!r}")
                 encoded = spec.encode_output(result)
             except RunCancelled:
                 raise
@@ -178,7 +192,7 @@ class RunContext:
         timeout_s: float | None = None,
         poll_s: float = 1.0,
     ) -> GateDecision:
-        """Open (or rejoin) the gate ``name`` and block until a human decides.
+        """Open (or rejoin) the gate ``name`` and wait until a human decides (long-poll).
 
         Raises :class:`GateTimeout` after ``timeout_s`` (the gate stays open),
         :class:`RunCancelled` if the run is cancelled meanwhile.
@@ -211,7 +225,7 @@ class RunContext:
                 pause = waiter.after_pending_poll(asked_ms, time.monotonic() - started)
                 self._client._long_polls_gates = waiter.long_poll
                 if pause:
-                    time.sleep(pause)
+                    flavour.sleep(pause)
         return GateDecision.from_gate(gate)
 
     # ---- children ----------------------------------------------------------
@@ -245,7 +259,8 @@ class RunContext:
         return self._client.run(workflow_name, workflow, run_id=answer["run"]["id"])
 
     def fanout(self, name: str, children: list[Mapping[str, Any]], *, checkpoint: str | None = None) -> Any:
-        """Run children in parallel (threads) and checkpoint the joined results.
+        """Run children concurrently (threads in the blocking client, tasks in the asyncio one)
+        and checkpoint the joined results.
 
         Each child is ``{"name", "workflow", "workflow_name"?, "input"?,
         "metadata"?, "recovery_webhook"?, "channels"?}``.
@@ -264,8 +279,7 @@ class RunContext:
                 edge_metadata={"fanout": name},
             )
 
-        with ThreadPoolExecutor(max_workers=max(1, len(children))) as pool:
-            results = list(pool.map(start, children))
+        results = flavour.gather(start, children)
         return self.step(
             f"join:{checkpoint or name}",
             lambda: results,
@@ -274,7 +288,7 @@ class RunContext:
             checkpoint_invariant=base.FANOUT_INVARIANT,
         )
 
-    # ---- shortcuts (mirroring the async context) ---------------------------
+    # ---- shortcuts ---------------------------------------------------------
 
     def state_set(self, value: Any, **options: Any) -> dict[str, Any]:
         return self.state.set(value, **options)
@@ -336,7 +350,8 @@ class RunState(_RunResource):
         return state
 
     def save(self, label: str, **options: Any) -> dict[str, Any]:
-        saved: dict[str, Any] = self._call("POST", "/state/save", {"label": label, **base.state_options(options)})
+        body = {"label": label, **base.state_options(options)}
+        saved: dict[str, Any] = self._call("POST", "/state/save", body)
         return saved
 
     def versions(self, stream: str | None = None, labeled: bool | None = None) -> list[dict[str, Any]]:
@@ -369,10 +384,11 @@ class RunSnapshots(_RunResource):
 class RunSession(RunContext):
     """A run held open by a session (see ``tide.runs.attach``).
 
-    A daemon thread renews the run lease every ``heartbeat_s``; on the first
-    failure it stops and calls ``on_lease_lost(error)``. Finish with
-    :meth:`complete` or :meth:`fail`; :meth:`close` only stops heartbeating.
-    As a context manager it closes on exit and fails the run on an exception.
+    The run lease is renewed every ``heartbeat_s`` in the background (a daemon thread in the
+    blocking client, an asyncio task in the asyncio one); on the first failure the heartbeat
+    stops and calls ``on_lease_lost(error)`` (the asyncio client awaits an awaitable it returns).
+    Finish with :meth:`complete` or :meth:`fail`; :meth:`close` only stops heartbeating. As a
+    context manager it closes on exit and fails the run on an exception.
     """
 
     def __init__(
@@ -382,32 +398,19 @@ class RunSession(RunContext):
         lease_owner: str,
         *,
         heartbeat_s: float | None = 20.0,
-        on_lease_lost: Callable[[BaseException], None] | None = None,
+        on_lease_lost: Callable[[BaseException], Any] | None = None,
     ) -> None:
         super().__init__(client, run["id"], lease_owner)
         self.run = run
-        self._stop = threading.Event()
-        self._on_lease_lost = on_lease_lost
-        self._thread: threading.Thread | None = None
+        self._heartbeat: flavour.Heartbeat | None = None
         if heartbeat_s:
-            self._thread = threading.Thread(
-                target=self._beat, args=(heartbeat_s,), name=f"tidebase-heartbeat-{self.run_id}", daemon=True
+            self._heartbeat = flavour.Heartbeat(
+                self.heartbeat, heartbeat_s, on_lease_lost, name=f"tidebase-heartbeat-{self.run_id}"
             )
-            self._thread.start()
-
-    def _beat(self, interval_s: float) -> None:
-        while not self._stop.wait(interval_s):
-            try:
-                self.heartbeat()
-            except Exception as error:
-                self._stop.set()
-                if self._on_lease_lost is not None:
-                    self._on_lease_lost(error)
-                return
 
     @property
     def heartbeating(self) -> bool:
-        return self._thread is not None and not self._stop.is_set()
+        return self._heartbeat is not None and self._heartbeat.running
 
     def heartbeat(self) -> dict[str, Any]:
         """Renew the lease once; raises if it is lost."""
@@ -428,8 +431,16 @@ class RunSession(RunContext):
         return answer
 
     def close(self) -> None:
-        """Stop heartbeating without reporting an outcome."""
-        self._stop.set()
+        """Stop heartbeating without reporting an outcome (the asyncio client also waits for the
+        heartbeat task to end)."""
+        if self._heartbeat is not None:
+            self._heartbeat.close()
+
+    def gates_begin(self, name: str, prompt: str, **options: Any) -> dict[str, Any]:
+        return self.gates.begin(name, prompt, **options)
+
+    def gates_get(self, gate_id: str) -> dict[str, Any]:
+        return self.gates.get(gate_id)
 
     def __enter__(self) -> Self:
         self._current_token = _current.enter_run(self)  # current while the session is entered
