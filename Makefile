@@ -46,7 +46,7 @@ sdk-check: venv ## Fail when the generated sync SDK differs from what scripts/un
 	$(PY) scripts/unasync.py --check
 
 typecheck: venv ## mypy (strict) with django-stubs
-	DATABASE_URL=$${DATABASE_URL:-postgres://unused@127.0.0.1/unused} $(VENV)/bin/mypy config tidebase_core dashboard webhooks tidebase
+	DATABASE_URL=$${DATABASE_URL:-postgres://unused@127.0.0.1/unused} $(VENV)/bin/mypy config tidebase_core dashboard webhooks retention tidebase
 
 bench: venv ## Benchmark the hot paths; prints JSON. BENCH_COMPARE_URL=<url>: route table side by side with that server
 	@$(PY) scripts/bench.py $(if $(BENCH_COMPARE_URL),--compare-url '$(BENCH_COMPARE_URL)')

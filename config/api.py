@@ -12,11 +12,21 @@ from ninja import Swagger
 from ninja.errors import HttpError, ValidationError
 from ninja.parser import Parser
 
-from tidebase_core.api import gates, queues, runs, scopes, state, steps
+from tidebase_core.api import budgets, gates, queues, runs, scopes, state, steps
 from tidebase_core.api.common import issues, loads
 from tidebase_core.api.openapi import DocumentedAPI
 from tidebase_core.db import UNSTORABLE, operational_answer
-from tidebase_core.exceptions import DomainError, InvalidRequest, UnsupportedValue
+from tidebase_core.exceptions import (
+    DomainError,
+    InternalError,
+    InvalidJson,
+    InvalidRequest,
+    MethodNotAllowed,
+    MissingBody,
+    NotFound,
+    NotReady,
+    UnsupportedValue,
+)
 from tidebase_core.wire import error_response, json_response
 
 logger = logging.getLogger("tidebase.api")
@@ -49,6 +59,8 @@ api.add_router("/runs", gates.router)
 api.add_router("/runs", state.router)
 api.add_router("/queues", queues.router)
 api.add_router("/schedules", queues.schedules_router)
+api.add_router("/runs", budgets.runs_router)
+api.add_router("/budgets", budgets.router)
 # Every route is checked against the scope table before its body is parsed; a route missing
 # from tidebase_core.api.scopes.ROUTE_SCOPES stops the server from starting.
 api.add_decorator(scopes.guard, mode="view")
@@ -69,8 +81,7 @@ def ready(request: HttpRequest) -> HttpResponse:
     if ok:
         return json_response({"ready": True, "checks": checks})
     failing = [name for name, check in checks.items() if not check["ok"] and check.get("required", True)]
-    body = {"error": f"not ready: {', '.join(failing)}", "code": "not_ready", "ready": False, "checks": checks}
-    return json_response(body, 503)
+    return error_response(NotReady(f"not ready: {', '.join(failing)}", ready=False, checks=checks))
 
 
 @api.exception_handler(DomainError)
@@ -81,18 +92,18 @@ def domain_error(request: HttpRequest, exc: DomainError) -> HttpResponse:
 @api.exception_handler(ValidationError)
 def validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     if not request.body and any("body" in (e.get("loc") or ()) for e in exc.errors):
-        return json_response({"error": "a JSON request body is required", "code": "missing_body"}, 400)
-    return json_response(
-        {"error": "invalid request body", "code": "invalid_request", "issues": issues(exc.errors)}, 400
-    )
+        return error_response(MissingBody("a JSON request body is required"))
+    return error_response(InvalidRequest("invalid request body", issues=issues(exc.errors)))
 
 
 @api.exception_handler(HttpError)
 def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     if isinstance(exc.__cause__, DomainError):  # raised by JsonParser, wrapped by ninja
         return domain_error(request, exc.__cause__)
-    code = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
-    return json_response({"error": str(exc), "code": code}, exc.status_code)
+    kind = {400: InvalidJson, 404: NotFound, 405: MethodNotAllowed}.get(exc.status_code, DomainError)
+    error = kind(str(exc))  # ninja's own message (e.g. "Cannot parse request body"), not a database's
+    error.status_code = exc.status_code
+    return error_response(error)
 
 
 @api.exception_handler(DataError)
@@ -115,4 +126,4 @@ def operational_error(request: HttpRequest, exc: OperationalError) -> HttpRespon
 @api.exception_handler(Exception)
 def unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
     logger.exception("api.unhandled", extra={"path": request.path})
-    return json_response({"error": "internal server error", "code": "internal_error"}, 500)
+    return error_response(InternalError())

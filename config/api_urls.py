@@ -9,17 +9,20 @@ from django.urls import path
 
 from config.api import api
 from tidebase_core.api.events import run_events
-from tidebase_core.wire import json_response
+from tidebase_core.api.metrics import metrics_view
+from tidebase_core.exceptions import InternalError, NotFound
+from tidebase_core.wire import error_response
 
 urlpatterns = [
     path("runs/<str:run_id>/events", run_events, name="run-events"),
+    path("metrics", metrics_view, name="metrics"),
     path("", api.urls),
 ]
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    return json_response({"error": "not found", "code": "not_found"}, 404)
+    return error_response(NotFound("not found"))
 
 
 def handler500(request: HttpRequest) -> HttpResponse:
-    return json_response({"error": "internal server error", "code": "internal_error"}, 500)
+    return error_response(InternalError())

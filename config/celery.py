@@ -48,6 +48,12 @@ def celery_settings() -> dict[str, Any]:
         # messages to the broker (where the transport supports it). Either way the sweep repairs.
         "task_acks_late": True,
         "worker_prefetch_multiplier": 4,
+        # Off: after a broker reconnect Celery lowers the prefetch count and raises it again from
+        # the thread that acknowledges a task; with the threads pool that is a pool thread, which
+        # then waits for basic.qos-ok on a connection the main thread reads, forever. Every pool
+        # thread ends up there and the worker stops consuming (tests/multiproc, broker restart).
+        "worker_enable_prefetch_count_reduction": False,
+        "worker_consumer": "webhooks.consumer:Consumer",  # survives a lost Redis connection
         "worker_hijack_root_logger": False,
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": BROKER_CONNECT_TIMEOUT_S,
@@ -63,6 +69,13 @@ def celery_settings() -> dict[str, Any]:
             },
         },
     }
+    retention_s = settings.TIDEBASE_RETENTION_INTERVAL_S
+    if retention_s > 0:  # the retention policy (retention.tasks); a missed pass is redone by the next
+        conf["beat_schedule"]["tidebase-retention"] = {
+            "task": "tidebase.retention",
+            "schedule": float(retention_s),
+            "options": {"expires": float(retention_s)},
+        }
     url = settings.CELERY_BROKER_URL
     if url:
         conf["broker_url"] = url
@@ -90,4 +103,4 @@ def celery_settings() -> dict[str, Any]:
 
 app = Celery("tidebase")
 app.add_defaults(celery_settings)
-app.autodiscover_tasks(["webhooks"])
+app.autodiscover_tasks(["webhooks", "retention"])

@@ -15,7 +15,10 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("TIDEBASE_DATA_DIR") or BASE_DIR / ".tidebase").resolve()
+    """``TIDEBASE_DATA_DIR``; by default ``.tidebase/`` beside ``manage.py`` in a checkout, and in the
+    working directory when installed from a wheel (never inside site-packages)."""
+    default = BASE_DIR / ".tidebase" if (BASE_DIR / "manage.py").is_file() else Path.cwd() / ".tidebase"
+    return Path(os.environ.get("TIDEBASE_DATA_DIR") or default).resolve()
 
 
 def embedded_database_url() -> str:

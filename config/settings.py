@@ -12,6 +12,9 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# The project-level templates/ and static/: beside manage.py in a checkout, inside this package
+# in an installed wheel (setup.py copies them there; docs/deploy.md, "The package").
+ASSETS_DIR = Path(__file__).resolve().parent if (Path(__file__).resolve().parent / "templates").is_dir() else BASE_DIR
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -202,6 +205,7 @@ INSTALLED_APPS = [
     "tidebase_core",
     "webhooks",
     "dashboard",
+    "retention",  # retention policies, the pruner, the Storage page
     "django_htmx",
     "template_partials",
     "axes",  # login throttling
@@ -233,7 +237,7 @@ WSGI_APPLICATION = "config.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        "DIRS": [ASSETS_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -258,8 +262,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
-STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").is_dir() else []
+STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT") or BASE_DIR / "staticfiles")
+"""Where ``collectstatic`` puts the files (optional: WhiteNoise serves them from the finders too)."""
+STATICFILES_DIRS = [ASSETS_DIR / "static"] if (ASSETS_DIR / "static").is_dir() else []
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGIN_URL = "/dashboard/login/"
 LOGIN_REDIRECT_URL = "/dashboard/"
@@ -339,3 +344,18 @@ TIDEBASE_WEBHOOK_ALLOW_HOSTS = [
 """Host names, IPs or CIDRs that may be called even though they are private/loopback/link-local."""
 TIDEBASE_WEBHOOK_CONCURRENCY = env_int("TIDEBASE_WEBHOOK_CONCURRENCY", 16)
 TIDEBASE_WEBHOOK_SWEEP_BATCH = env_int("TIDEBASE_WEBHOOK_SWEEP_BATCH", 500)
+
+# --- retention (owned by the retention app; README "Retention") ---------------------------
+from retention.conf import env_policy  # noqa: E402  (plain module, no Django)
+
+TIDEBASE_RETAIN = env_policy(os.environ)
+"""Global retention defaults (TIDEBASE_RETAIN_*_DAYS, TIDEBASE_RETAIN_STATE_VERSIONS): None keeps
+forever, which is every field's default. The dashboard's Storage page overrides them per workflow."""
+TIDEBASE_RETENTION_INTERVAL_S = env_int("TIDEBASE_RETENTION_INTERVAL_S", 3600)
+"""How often beat applies the policy; 0: never (``manage.py tidebase_prune`` still does)."""
+TIDEBASE_RETENTION_PASS_S = env_int("TIDEBASE_RETENTION_PASS_S", 300)
+"""Longest pass of the beat task; the next pass continues."""
+TIDEBASE_RETENTION_BATCH = env_int("TIDEBASE_RETENTION_BATCH", 1000)
+"""Rows per pruning transaction."""
+TIDEBASE_RETENTION_LOCK_TIMEOUT_MS = env_int("TIDEBASE_RETENTION_LOCK_TIMEOUT_MS", 1000)
+"""Longest lock wait of a pruning transaction; it is rolled back and retried after it."""

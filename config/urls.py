@@ -5,8 +5,9 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 
 from config.api import api
+from tidebase_core.exceptions import InternalError, NotFound
 from tidebase_core.middleware import is_protocol_path
-from tidebase_core.wire import json_response
+from tidebase_core.wire import error_response
 
 # Protocol paths are routed by config.api_urls (ProtocolMiddleware sets request.urlconf);
 # the ninja URLs are included here for the OpenAPI pages at /api/docs and /api/openapi.json.
@@ -20,7 +21,7 @@ urlpatterns = [
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if is_protocol_path(request.path_info):
-        return json_response({"error": "not found", "code": "not_found"}, 404)
+        return error_response(NotFound("not found"))
     from django.views.defaults import page_not_found
 
     return page_not_found(request, exception or Exception("not found"))
@@ -28,7 +29,7 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Http
 
 def handler500(request: HttpRequest) -> HttpResponse:
     if is_protocol_path(request.path_info):
-        return json_response({"error": "internal server error", "code": "internal_error"}, 500)
+        return error_response(InternalError())
     from django.views.defaults import server_error
 
     return server_error(request)

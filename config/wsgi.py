@@ -45,3 +45,9 @@ def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> 
         return answered
     handler = protocol if is_protocol_path(environ.get("PATH_INFO", "")) else site
     return handler(environ, start_response)
+
+
+from tidebase_core import tracing  # noqa: E402
+
+if tracing.ENABLED:  # a SERVER span per request, continuing the caller's traceparent
+    application = tracing.traced_wsgi(application)  # type: ignore[assignment]

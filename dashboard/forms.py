@@ -6,14 +6,15 @@ from typing import Any
 
 from django import forms
 
-from dashboard.selectors import RunFilters, default_range
+from dashboard.selectors.runs import RunFilters
+from dashboard.selectors.usage import default_range
 from tidebase_core.jsonsafe import storable_problem
-from tidebase_core.models import KeyScope
+from tidebase_core.models import GateStatus, KeyScope
 from tidebase_core.models.runs import RunStatus
 
 
 class GateDecisionForm(forms.Form):
-    decision = forms.ChoiceField(choices=[("approved", "Approve"), ("rejected", "Reject")])
+    decision = forms.ChoiceField(choices=[(GateStatus.APPROVED, "Approve"), (GateStatus.REJECTED, "Reject")])
     comment = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
     payload = forms.CharField(
         required=False,

@@ -20,4 +20,18 @@ def ensure_roles() -> dict[str, Group]:
         group, _ = Group.objects.get_or_create(name=name)
         group.permissions.add(*(perms[c] for c in codenames))
         groups[name] = group
+    # The Storage page's permission belongs to the retention app (its migration 0002 grants it).
+    retention_ct, _ = ContentType.objects.get_or_create(app_label="retention", model="retentionpolicy")
+    storage, _ = Permission.objects.get_or_create(
+        content_type=retention_ct,
+        codename="manage_retention",
+        defaults={"name": "Can view storage and edit retention policies"},
+    )
+    groups["admin"].permissions.add(storage)
+    # Changing budgets belongs to tidebase_core (migration 0012 grants it to admin).
+    budgets_ct, _ = ContentType.objects.get_or_create(app_label="tidebase_core", model="budgetversion")
+    manage_budgets, _ = Permission.objects.get_or_create(
+        content_type=budgets_ct, codename="manage_budgets", defaults={"name": "Can change cost budgets"}
+    )
+    groups["admin"].permissions.add(manage_budgets)
     return groups

@@ -4,6 +4,8 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
 from dashboard import views
+from dashboard.views import budgets as budget_views
+from retention import views as retention_views
 
 app_name = "dashboard"
 urlpatterns = [
@@ -14,8 +16,14 @@ urlpatterns = [
     path("runs/<str:run_id>/cancel", views.run_cancel_view, name="run-cancel"),
     path("runs/<str:run_id>/recover", views.run_recover_view, name="run-recover"),
     path("usage/", views.usage, name="usage"),
+    path("budgets/", budget_views.budget_list, name="budgets"),
+    path("budgets/set", budget_views.budget_set, name="budget-set"),
+    path("runs/<str:run_id>/budget", budget_views.run_budget_set, name="run-budget"),
     path("queues/", views.queue_list, name="queues"),
     path("processes/", views.process_list, name="processes"),
+    path("storage/", retention_views.storage, name="storage"),
+    path("storage/policies", retention_views.policy_save, name="storage-policy-save"),
+    path("storage/policies/<int:policy_id>/delete", retention_views.policy_delete, name="storage-policy-delete"),
     path("webhooks/", views.webhook_list, name="webhooks"),
     path("webhooks/<str:kind>/<str:delivery_id>/redeliver", views.webhook_redeliver, name="webhook-redeliver"),
     path("keys/", views.key_list, name="keys"),

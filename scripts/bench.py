@@ -11,6 +11,8 @@ What it does, all on loopback:
 4. The official ``tidebase==0.7.0`` client, in var/interop-venv (scripts/bench_official.py):
    per-step latency, steps/s sequential and with 1/4/8 threads, replayed-step latency, gate latency.
 5. SQL statements per hot-path request, counted in-process with Django's CaptureQueriesContext.
+   ``server_cpu``: the server's CPU time per step (begin + complete), its processes summed; on a
+   busy machine this, not latency, tells two settings apart (``TIDEBASE_METRICS=0``, tracing on).
 6. ``our_sdk``: the repo's SDK (if ``tidebase.Tidebase`` imports) on the same server.
 7. ``dashboard``: scripts/dashboard_scale.py on its own database ``tidebase_scale`` (1M runs, 5M
    usage records; seeded once, reused): render times, query counts and the scans of every page's
@@ -47,7 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent
 INTEROP_VENV = ROOT / "var" / "interop-venv"
 OFFICIAL_VERSION = "0.7.0"
-BENCH_DB = "tidebase_bench"
+BENCH_DB = os.environ.get("TIDEBASE_BENCH_DB") or "tidebase_bench"
+"""Dropped and recreated per run: give concurrent benches on one Postgres their own name."""
 
 sys.path.insert(0, str(ROOT))
 from tidebase_core.server import server_argv  # noqa: E402
@@ -281,6 +284,61 @@ def measure_pg_commit(database_url: str, n: int = 300) -> dict[str, float]:
                 samples.append(time.perf_counter() - t0)
         conn.execute("DROP TABLE bench_commit")
     return summary_ms(samples)
+
+
+def measure_server_cpu(server: Server, steps: int = 1000, rounds: int = 3) -> dict[str, Any]:
+    """The server's CPU time per step (begin + complete), summed over all its processes (so
+    background work such as a span exporter counts), from one keep-alive connection. Unlike
+    latency, CPU time hardly moves with the machine's load: it is what tells two server builds or
+    settings apart (metrics, tracing) on a busy machine. Median over ``rounds``."""
+    import http.client
+
+    import psutil
+
+    root = psutil.Process(server.proc.pid)
+    processes = [root, *root.children(recursive=True)]
+
+    def cpu_s() -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in processes)
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+
+    def post(path: str, body: dict[str, Any]) -> Any:
+        conn.request("POST", path, json.dumps(body), {"content-type": "application/json"})
+        response = conn.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"POST {path}: {response.status} {data[:200]!r}")
+        return json.loads(data)
+
+    run = post("/runs/bench-cpu", {})["run"]["id"]
+    owner = post(f"/runs/{run}/begin", {})["leaseOwner"]
+    counter = 0
+
+    def step() -> None:
+        nonlocal counter
+        counter += 1
+        begun = post(f"/runs/{run}/steps/begin", {"name": f"s{counter}", "inputHash": "h", "leaseOwner": owner})
+        post(f"/runs/{run}/steps/{begun['step']['id']}/complete", {"leaseOwner": owner, "output": {"n": counter}})
+
+    for _ in range(50):
+        step()
+    cpu_ms, wall_ms = [], []
+    for _ in range(rounds):
+        c0, t0 = cpu_s(), time.perf_counter()
+        for _ in range(steps):
+            step()
+        cpu_ms.append((cpu_s() - c0) * 1000 / steps)
+        wall_ms.append((time.perf_counter() - t0) * 1000 / steps)
+    conn.close()
+    return {
+        "steps_per_round": steps,
+        "rounds": rounds,
+        "cpu_ms_per_step": round(statistics.median(cpu_ms), 3),
+        "cpu_ms_per_step_rounds": [round(x, 3) for x in cpu_ms],
+        "wall_ms_per_step": round(statistics.median(wall_ms), 3),
+        "settings": {k: os.environ[k] for k in ("TIDEBASE_METRICS", "TIDEBASE_TRACING") if k in os.environ},
+    }
 
 
 # ---- SQL statements per request ----------------------------------------------------------------
@@ -737,6 +795,8 @@ def main(argv: list[str]) -> int:
         log(f"pg commit p50 {pg_commit['p50']:.3f} ms")
         official = run_official(python, {**CONFIG, "url": server.url, "rtt_url": rtt_url})
         log("official client measured")
+        server_cpu = measure_server_cpu(server)
+        log(f"server CPU per step {server_cpu['cpu_ms_per_step']:.3f} ms")
         sql = run_sql_counter(bench_url)
         sql["method"] = (
             "in-process django.test.Client on the bench database, counting psycopg round trips "
@@ -802,6 +862,7 @@ def main(argv: list[str]) -> int:
             and throughput_ratio >= TARGET_THROUGHPUT_OVER_INVERSE_RTT,
         },
         "sql": sql,
+        "server_cpu": server_cpu,
         "our_sdk": our_sdk,
         "queues": queues,
         "dashboard": dashboard,

@@ -19,6 +19,10 @@ summary goes to stderr. Exit status 1 if any page's SQL has a Seq Scan on a larg
    the rollups; tb_usage_daily has one row per UTC day x workflow x provider x model (a few
    thousand for the seeded 90 days), where a Seq Scan over a range covering much of it is the
    right plan, so it is reported but not a violation.
+3. The budgets page, and the cost-figure reads on their own (``cost_figures`` in the report: the
+   usage page's figures for 7, 30 and 90 days, the budgets page's reads, the run page's figures),
+   timed and EXPLAINed the same way. Budgets for the burn-downs are set once if there are none; a
+   database seeded before migration 0012 gets its cost figures computed once (a rollup rebuild).
 
 python scripts/dashboard_scale.py [--runs 1000000] [--usage 5000000] [--renders 10] [--reseed]
 """
@@ -91,9 +95,19 @@ def prepare_database(base_url: str, runs: int, usage: int, reseed: bool) -> tupl
         info = {"reused": False, "seed_s": round(time.monotonic() - t0, 1)}
         log(f"seeded in {info['seed_s']}s")
     with psycopg.connect(url, autocommit=True) as conn:
+        have_figures = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM tb_cost_daily), EXISTS (SELECT 1 FROM tb_usage)"
+        ).fetchone()
+    if have_figures is not None and not have_figures[0] and have_figures[1]:
+        # a database seeded before the cost figures (migration 0012): compute them once from its rows
+        log("computing the cost figures (tidebase_usage_rollups rebuild) ...")
+        t0 = time.monotonic()
+        manage(["tidebase_usage_rollups", "rebuild"], url)
+        info["figures_rebuild_s"] = round(time.monotonic() - t0, 1)
+    with psycopg.connect(url, autocommit=True) as conn:
         info["rows"] = {
             t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])  # type: ignore[index]
-            for t in sorted(LARGE_TABLES | {"tb_usage_daily"})
+            for t in sorted(LARGE_TABLES | {"tb_usage_daily", "tb_cost_daily"})
         }
     return url, info
 
@@ -195,6 +209,24 @@ def measure_page(client: Any, url: str, renders: int) -> dict[str, Any]:
     }
 
 
+def ensure_budgets() -> None:
+    """Budgets for the burn-down figures and the budgets page (a day and a month budget of the
+    busiest workflow, a global day budget), set once, as an admin sets them."""
+    from decimal import Decimal
+
+    from tidebase_core.models import BudgetLimit
+    from tidebase_core.services.budgets import budget_set
+
+    if BudgetLimit.objects.exists():
+        return
+    for scope, workflow, limit in (
+        ("workflow_day", "triage", "150"),
+        ("workflow_month", "triage", "4000"),
+        ("global_day", None, "400"),
+    ):
+        budget_set(scope=scope, workflow=workflow, limit_usd=Decimal(limit), by="user:scale-admin", note="scale")
+
+
 def measure(renders: int, only: set[str] | None = None) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -206,7 +238,7 @@ def measure(renders: int, only: set[str] | None = None) -> dict[str, Any]:
     from django.test import Client
     from django.urls import reverse
 
-    from dashboard.selectors import encode_cursor
+    from dashboard.selectors.runs import encode_cursor
 
     user_model = get_user_model()
     admin, _ = user_model.objects.get_or_create(
@@ -243,7 +275,9 @@ def measure(renders: int, only: set[str] | None = None) -> dict[str, Any]:
         "usage_30_days": reverse("dashboard:usage"),
         "usage_90_days": reverse("dashboard:usage") + "?days=90",
         "usage_csv_90_days": reverse("dashboard:usage") + "?days=90&format=csv",
+        "budgets": reverse("dashboard:budgets"),
     }
+    ensure_budgets()
     results: dict[str, Any] = {}
     for name, url in pages.items():
         if not url or (only and name not in only):
@@ -259,6 +293,62 @@ def measure(renders: int, only: set[str] | None = None) -> dict[str, Any]:
     return results
 
 
+def measure_cost_figures(renders: int) -> dict[str, Any]:
+    """The cost-figure and budget reads on their own (tidebase_core.selectors.cost_figures and
+    .budgets): p50 over ``renders`` calls after a warm-up, their SQL EXPLAINed like a page's. The
+    run is the run page's (the newest with an event log)."""
+    import datetime as dt
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from django.utils import timezone
+
+    from tidebase_core.selectors import budgets, cost_figures
+
+    today = timezone.now().astimezone(dt.UTC).date()
+    with connection.cursor() as cur:
+        cur.execute("SELECT run_id FROM tb_event ORDER BY id DESC LIMIT 1")
+        heavy = cur.fetchone()
+    run_id = heavy[0] if heavy else None
+    calls: dict[str, Any] = {
+        f"usage_figures_{n}_days": (
+            lambda n=n: cost_figures.usage_figures(
+                first=today - dt.timedelta(days=n - 1), end=today + dt.timedelta(days=1), today=today
+            )
+        )
+        for n in (7, 30, 90)
+    }
+    calls["budgets_page_reads"] = lambda: (budgets.current_budgets(), budgets.budget_history(), budgets.parked_runs())
+    if run_id:
+        calls["run_figures"] = lambda: cost_figures.run_figures(run_id=run_id)
+    out: dict[str, Any] = {}
+    for name, call in calls.items():
+        call()
+        times = []
+        for _ in range(max(3, renders)):
+            t = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - t) * 1000)
+        with CaptureQueriesContext(connection) as ctx:
+            call()
+        found: dict[str, None] = {}
+        violations = []
+        for query in ctx.captured_queries:
+            sql = explainable(query["sql"])
+            for s in explain(sql) if sql else []:
+                found[label(s)] = None
+                if s["node"] == "Seq Scan" and s["relation"] in LARGE_TABLES:
+                    violations.append({"scan": label(s), "sql": (sql or "")[:400]})
+        out[name] = {
+            "ms": {"p50": round(statistics.median(times), 1), "max": round(max(times), 1), "n": len(times)},
+            "queries": len(ctx.captured_queries),
+            "scans": list(found),
+            "seq_scans_on_large_tables": violations,
+        }
+        log(f"cost figures {name}: p50 {out[name]['ms']['p50']} ms, {len(violations)} seq scans on large tables")
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=int(os.environ.get("TIDEBASE_SCALE_RUNS", 1_000_000)))
@@ -272,7 +362,9 @@ def main() -> int:
     os.environ["DATABASE_URL"] = url
     os.environ["TIDEBASE_RECONCILER"] = "0"
     pages = measure(args.renders, set(args.page) if args.page else None)
+    figures = measure_cost_figures(args.renders)
     ok = all(not p["seq_scans_on_large_tables"] for p in pages.values() if "informational" not in p)
+    ok = ok and all(not q["seq_scans_on_large_tables"] for q in figures.values())
     report = {
         "database": SCALE_DB,
         "seed": info,
@@ -282,6 +374,7 @@ def main() -> int:
         ),
         "index_scans_only": ok,
         "pages": pages,
+        "cost_figures": figures,
         "duration_s": round(time.monotonic() - started, 1),
     }
     print(json.dumps(report, indent=2))

@@ -59,6 +59,10 @@ CODE_NAMES = {
     "_async_client": "_client",
     "_async_context": "_context",
     "_async_primitives": "_sync_primitives",
+    # tidebase._budget's asyncio helpers and their blocking twins
+    "abegin_step": "begin_step",
+    "acheck": "check",
+    "await_parked": "wait_parked",
     "AsyncLeanPool": "SyncLeanPool",
     # httpx and the standard library
     "AsyncClient": "Client",

@@ -20,6 +20,7 @@ For asyncio use :mod:`tidebase.aio`. Depends on httpx only; pydantic is used
 from __future__ import annotations
 
 from ._base import RetryPolicy, __version__, new_run_id
+from ._budget import BudgetExceeded, BudgetParked
 from ._client import Queues, Runs, Schedules, Tidebase
 from ._context import RunContext, RunGates, RunSession, RunSnapshots, RunState, RunUsage
 from ._exceptions import (
@@ -51,6 +52,8 @@ from .webhooks import sign_webhook, verify_webhook_signature
 __all__ = [
     "APIConnectionError",
     "AsyncStepInSyncClient",
+    "BudgetExceeded",
+    "BudgetParked",
     "CheckpointDict",
     "Conflict",
     "Forbidden",

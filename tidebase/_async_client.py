@@ -19,7 +19,7 @@ import httpx
 
 from . import _async_primitives as flavour
 from . import _base as base
-from . import _current
+from . import _budget, _current
 from ._base import Call, ClientConfig, RetryPolicy
 from ._exceptions import APIConnectionError, RunCancelled, TidebaseError
 from ._json import wrap_replayed
@@ -179,22 +179,31 @@ class AsyncTidebase:
         metadata: Mapping[str, Any] | None = None,
         recovery_webhook: str | None = None,
         channels: list[Any] | None = None,
+        budget_usd: float | None = None,
+        on_budget: _budget.OnBudget = "wait",
     ) -> Any:
         """Create a run (or resume ``run_id``) and execute ``workflow(run, input)``.
 
         Completed steps replay from their checkpoints without re-executing.
         A completed run returns its stored result without running anything.
+        ``budget_usd``: the new run's own budget. ``on_budget``: at a reached budget, ``"wait"`` at
+        its gate for an operator, or ``"raise"`` ``BudgetParked`` (the run is not failed: run it
+        again with ``run_id`` once the gate is decided).
         """
         fn = self._workflow_for(workflow_name, workflow)
         if run_id is None:
-            run = await self.runs.create(workflow_name, input, metadata, recovery_webhook, channels)
+            run = await self.runs.create(
+                workflow_name, input, metadata, recovery_webhook, channels, budget_usd=budget_usd
+            )
         else:
             run = (await self.runs.get(run_id))["run"]
         base.check_workflow_name(run, workflow_name)
         if run["status"] == "completed":
             return wrap_replayed(run["result"])
         owner, run = await self._begin(run["id"])
-        return await self._execute(run, owner, fn, list_steps=base.should_list_steps(run, run_id is not None))
+        return await self._execute(
+            run, owner, fn, list_steps=base.should_list_steps(run, run_id is not None), on_budget=on_budget
+        )
 
     async def _begin(self, run_id: str) -> tuple[str, dict[str, Any]]:
         owner = base.new_lease_owner()
@@ -204,19 +213,26 @@ class AsyncTidebase:
         return answer["leaseOwner"], answer["run"]
 
     async def _execute(
-        self, run: Mapping[str, Any], lease_owner: str, workflow: AsyncWorkflow, *, list_steps: bool
+        self,
+        run: Mapping[str, Any],
+        lease_owner: str,
+        workflow: AsyncWorkflow,
+        *,
+        list_steps: bool,
+        on_budget: _budget.OnBudget = "wait",
     ) -> Any:
         from ._async_context import AsyncRunContext
 
         context = AsyncRunContext(self, run["id"], lease_owner)
+        context.on_budget = on_budget
         if list_steps:
             await context._load_checkpoints()
         try:
             with _current.running(context):  # what integrations (tidebase.pydantic_ai) find
                 result = await flavour.result_of(workflow(context, run.get("input")), "workflow")
             encoded = base.encode_result(result)
-        except RunCancelled:
-            raise
+        except (RunCancelled, _budget.BudgetParked):
+            raise  # parked and not waiting: the run stays running until its gate is decided
         except Exception as error:
             await self._report_run_failure(run["id"], error)
             raise
@@ -308,8 +324,10 @@ class AsyncRuns:
         metadata: Mapping[str, Any] | None = None,
         recovery_webhook: str | None = None,
         channels: list[Any] | None = None,
+        *,
+        budget_usd: float | None = None,
     ) -> dict[str, Any]:
-        body = base.run_create_body(input, metadata, recovery_webhook, channels)
+        body = _budget.with_budget(base.run_create_body(input, metadata, recovery_webhook, channels), budget_usd)
         answer = await self._client._send(Call("POST", f"/runs/{base.quote(workflow_name)}", body, safe=True))
         run: dict[str, Any] = answer["run"]
         return run
@@ -377,14 +395,15 @@ class AsyncRuns:
         channels: builtins.list[Any] | None = None,
         heartbeat_s: float | None = 20.0,
         on_lease_lost: Callable[[BaseException], Any] | None = None,
+        budget_usd: float | None = None,
     ) -> Any:
         """Hold a run as a session (not a single workflow function): take its lease, heartbeat
         it in the background, and report the outcome with ``session.complete()`` /
-        ``session.fail()``. See :class:`AsyncRunSession`."""
+        ``session.fail()``. ``budget_usd``: a new run's own budget. See :class:`AsyncRunSession`."""
         from ._async_context import AsyncRunSession
 
         if run_id is None:
-            run = await self.create(workflow_name, input, metadata, recovery_webhook, channels)
+            run = await self.create(workflow_name, input, metadata, recovery_webhook, channels, budget_usd=budget_usd)
         else:
             run = (await self.get(run_id))["run"]
         base.check_workflow_name(run, workflow_name)

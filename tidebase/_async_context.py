@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from . import _async_primitives as flavour
 from . import _base as base
-from . import _current
+from . import _budget, _current, _tracing
 from . import _protocol as protocol
 from ._base import Call
 from ._exceptions import (
@@ -46,6 +46,7 @@ class AsyncRunContext:
         self._client = client
         self.run_id = run_id
         self._lease_owner = lease_owner
+        self.on_budget: _budget.OnBudget = "wait"  # at a reached budget: wait at its gate, or raise BudgetParked
         self._checkpoints = StepCache()
         self.state = AsyncRunState(client, run_id)
         self.usage = AsyncRunUsage(client, run_id)
@@ -111,6 +112,10 @@ class AsyncRunContext:
         hit, value = self._checkpoints.lookup(spec, self._steps_path("begin"))
         if hit:
             return value
+        with _tracing.step_span(self.run_id, spec.name):  # a no-op without OpenTelemetry
+            return await self._attempts(spec, fn)
+
+    async def _attempts(self, spec: StepSpec, fn: Callable[[], Any]) -> Any:
         attempts = spec.retries + 1
         for attempt in range(1, attempts + 1):
             answer = await self._begin_step(spec)
@@ -120,7 +125,7 @@ class AsyncRunContext:
             step_id, owner = answer["step"]["id"], answer.get("leaseOwner") or self._lease_owner
             try:
                 with _current.step_scope(self.run_id, spec.name, step_id):
-                    result = await flavour.call_step(fn, spec.timeout_s, f"step {name!r}")
+                    result = await flavour.call_step(fn, spec.timeout_s, f"step {spec.name!r}")
                 encoded = spec.encode_output(result)
             except RunCancelled:
                 raise
@@ -139,10 +144,9 @@ class AsyncRunContext:
         return f"/runs/{self.run_id}/steps/{tail}"
 
     async def _begin_step(self, spec: StepSpec) -> Mapping[str, Any]:
-        answer: Mapping[str, Any] = await self._client._send(
-            Call("POST", self._steps_path("begin"), spec.begin_body(self._lease_owner), safe=True)
-        )
-        return answer
+        # sends "onBudget": "park"; a parked answer waits at the budget gate (or raises BudgetParked)
+        # and begins again once an operator approves or raises the limit
+        return await _budget.abegin_step(self, spec)
 
     async def _complete_step(self, spec: StepSpec, step_id: str, owner: str, encoded: Any) -> None:
         body = {"leaseOwner": owner, "output": encoded}

@@ -20,6 +20,7 @@ from urllib.parse import quote as _quote
 
 import httpx
 
+from . import _tracing
 from ._exceptions import RunCancelled, TidebaseError, error_class_for
 from ._json import to_json_data
 
@@ -157,6 +158,7 @@ class Call:
             headers["idempotency-key"] = idempotency_key
         if self.extra_headers:
             headers.update(self.extra_headers)
+        _tracing.inject(headers)  # W3C traceparent of the current span, if any (tidebase/_tracing.py)
         return headers
 
 
@@ -243,6 +245,7 @@ def enqueue_body(workflow_name: str, options: Mapping[str, Any]) -> dict[str, An
         maxAttempts=options.get("max_attempts"),
         priority=options.get("priority"),
         deadlineMs=None if deadline_s is None else int(deadline_s * 1000),
+        budgetUsd=None if options.get("budget_usd") is None else float(options["budget_usd"]),
     )
 
 
@@ -335,6 +338,7 @@ def child_body(workflow_name: str, name: str | None, options: Mapping[str, Any])
         channels=options.get("channels"),
         edgeType=options.get("edge_type") or "child",
         edgeMetadata=options.get("edge_metadata"),
+        budgetUsd=None if options.get("budget_usd") is None else float(options["budget_usd"]),
     )
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Self
 
 from . import _base as base
-from . import _current
+from . import _budget, _current, _tracing
 from . import _protocol as protocol
 from . import _sync_primitives as flavour
 from ._base import Call
@@ -47,6 +47,7 @@ class RunContext:
         self._client = client
         self.run_id = run_id
         self._lease_owner = lease_owner
+        self.on_budget: _budget.OnBudget = "wait"  # at a reached budget: wait at its gate, or raise BudgetParked
         self._checkpoints = StepCache()
         self.state = RunState(client, run_id)
         self.usage = RunUsage(client, run_id)
@@ -112,6 +113,10 @@ class RunContext:
         hit, value = self._checkpoints.lookup(spec, self._steps_path("begin"))
         if hit:
             return value
+        with _tracing.step_span(self.run_id, spec.name):  # a no-op without OpenTelemetry
+            return self._attempts(spec, fn)
+
+    def _attempts(self, spec: StepSpec, fn: Callable[[], Any]) -> Any:
         attempts = spec.retries + 1
         for attempt in range(1, attempts + 1):
             answer = self._begin_step(spec)
@@ -121,7 +126,7 @@ class RunContext:
             step_id, owner = answer["step"]["id"], answer.get("leaseOwner") or self._lease_owner
             try:
                 with _current.step_scope(self.run_id, spec.name, step_id):
-                    result = flavour.call_step(fn, spec.timeout_s, f"step {name!r}")
+                    result = flavour.call_step(fn, spec.timeout_s, f"step {spec.name!r}")
                 encoded = spec.encode_output(result)
             except RunCancelled:
                 raise
@@ -140,10 +145,9 @@ class RunContext:
         return f"/runs/{self.run_id}/steps/{tail}"
 
     def _begin_step(self, spec: StepSpec) -> Mapping[str, Any]:
-        answer: Mapping[str, Any] = self._client._send(
-            Call("POST", self._steps_path("begin"), spec.begin_body(self._lease_owner), safe=True)
-        )
-        return answer
+        # sends "onBudget": "park"; a parked answer waits at the budget gate (or raises BudgetParked)
+        # and begins again once an operator approves or raises the limit
+        return _budget.begin_step(self, spec)
 
     def _complete_step(self, spec: StepSpec, step_id: str, owner: str, encoded: Any) -> None:
         body = {"leaseOwner": owner, "output": encoded}

@@ -96,7 +96,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed vers
     ) from error
 from pydantic_core import to_jsonable_python
 
-from . import _current
+from . import _budget, _current
 from ._async_context import AsyncRunContext
 from ._exceptions import StepOutputNotSerializable
 from ._json import hash_input, stable_stringify
@@ -107,10 +107,13 @@ __all__ = [
     "ToolContract",
     "approval_gate_name",
     "arguments_digest",
+    "count_input_tokens",
     "current_run",
     "current_tool_step",
+    "estimate_input_tokens",
     "idempotency_key",
     "model_step_name",
+    "projected_cost",
     "tool_contract",
     "tool_step_name",
     "use_run",
@@ -354,6 +357,64 @@ async def _call(run: Any, method: Callable[..., Any], *args: Any, **kwargs: Any)
     return await anyio.to_thread.run_sync(lambda: method(*args, **kwargs))
 
 
+# ---- projected cost -----------------------------------------------------------------------------
+
+CHARS_PER_TOKEN = 4
+"""The estimate of a request's input tokens when its model cannot count them: about four characters
+of its messages and tool definitions (as JSON) per token, the usual rule of thumb for English text
+and code with the common tokenizers."""
+
+
+def estimate_input_tokens(messages: Sequence[Any], request_parameters: Any = None) -> int:
+    """Input tokens of a request, estimated from the size of its messages and tool definitions."""
+    tools = []
+    for attribute in ("function_tools", "output_tools"):
+        tools += list(getattr(request_parameters, attribute, None) or [])
+    text = stable_stringify(_jsonable({"messages": list(messages), "tools": tools}))
+    return max(1, -(-len(text) // CHARS_PER_TOKEN))
+
+
+async def count_input_tokens(model: Any, params: Any) -> int:
+    """The request's input tokens: the model's own count where it reports one
+    (``Model.count_tokens``: Anthropic, Google, Bedrock, ...), else :func:`estimate_input_tokens`."""
+    messages = getattr(params, "messages", None) or []
+    request_parameters = getattr(params, "model_request_parameters", None)
+    counted = 0
+    with contextlib.suppress(Exception):  # NotImplementedError for most models; a failed count loses nothing
+        counted = int(
+            (
+                await model.count_tokens(messages, getattr(params, "model_settings", None), request_parameters)
+            ).input_tokens
+            or 0
+        )
+    return counted or estimate_input_tokens(messages, request_parameters)
+
+
+async def projected_cost(params: Any, *, expected_output_tokens: int = 1024) -> float | None:
+    """What a model request will cost in USD, before it is sent: its input tokens
+    (:func:`count_input_tokens`) and, as output, the request's ``max_tokens`` or
+    ``expected_output_tokens``, priced with genai-prices as Pydantic AI prices responses (by the
+    provider's URL, else its name). None when the model has no price."""
+    model = getattr(getattr(params, "run_context", None), "model", None)
+    if model is None:
+        return None
+    try:
+        import genai_prices
+    except ImportError:  # pragma: no cover - a dependency of pydantic-ai-slim
+        return None
+    settings = getattr(params, "model_settings", None) or {}
+    output_tokens = settings.get("max_tokens") if isinstance(settings, Mapping) else None
+    usage = genai_prices.Usage(
+        input_tokens=await count_input_tokens(model, params),
+        output_tokens=int(output_tokens or expected_output_tokens),
+    )
+    for by in ({"provider_api_url": getattr(model, "base_url", None)}, {"provider_id": getattr(model, "system", None)}):
+        if next(iter(by.values())):
+            with contextlib.suppress(Exception):  # LookupError: a provider or model genai-prices does not know
+                return float(genai_prices.calc_price(usage, model.model_name, **by).total_price)
+    return None
+
+
 # ---- the operation backend ---------------------------------------------------------------------
 
 _PARAMS: contextvars.ContextVar[Any] = contextvars.ContextVar("tidebase.pydantic_ai.params", default=None)
@@ -412,6 +473,7 @@ class TidebaseOperationBackend(CallableOperationBackend[Any]):
             model_name = operation_id.model_name
 
             async def model_body() -> object:
+                await self._capability._check_budget(run, step, params)  # the request is not sent past a budget
                 payload = await body()
                 await self._capability._record_usage(run, step, payload, model_name)
                 return payload
@@ -481,6 +543,14 @@ class TidebaseDurability(BaseDurabilityCapability[AgentDepsT]):
         approval_prompt: ``(tool_name, args) -> str``, the gate prompt.
         approval_timeout_s: Give up waiting at an approval gate (``GateTimeout``) after this.
         record_usage: Record one usage row per executed model request (default ``True``).
+        check_budget: Before each model request, ask the server whether its projected cost fits
+            the run's budgets (default ``True``); a request that would cross one is not sent and
+            the run parks at its budget gate (see :mod:`tidebase._budget`).
+        on_budget: ``"wait"`` at the budget gate until an operator decides (approved: the request
+            is sent; rejected: ``BudgetExceeded``), or ``"raise"`` ``BudgetParked`` at once;
+            default: the run's choice, else ``"wait"``.
+        expected_output_tokens: Output tokens assumed for the projection when the request sets no
+            ``max_tokens`` (default 1024).
     """
 
     engine_spec = DurabilityEngineSpec(
@@ -508,6 +578,9 @@ class TidebaseDurability(BaseDurabilityCapability[AgentDepsT]):
         approval_prompt: Callable[[str, dict[str, Any]], str] | None = None,
         approval_timeout_s: float | None = None,
         record_usage: bool = True,
+        check_budget: bool = True,
+        on_budget: _budget.OnBudget | None = None,
+        expected_output_tokens: int = 1024,
     ) -> None:
         super().__init__(models=models, event_stream_handler=event_stream_handler, name=name)
         self._tool_defaults = dict(tool_defaults or {})
@@ -515,6 +588,9 @@ class TidebaseDurability(BaseDurabilityCapability[AgentDepsT]):
         self._approval_prompt = approval_prompt
         self._approval_timeout_s = approval_timeout_s
         self._record_usage_enabled = record_usage
+        self._check_budget_enabled = check_budget
+        self._on_budget = on_budget
+        self._expected_output_tokens = max(0, int(expected_output_tokens))
         self._backend: TidebaseOperationBackend | None = None
 
     # --- the engine hooks ---
@@ -550,6 +626,22 @@ class TidebaseDurability(BaseDurabilityCapability[AgentDepsT]):
             return dict(self._tool_defaults)
         ToolContract.from_config(tool_name, declared)
         return {**self._tool_defaults, **declared}
+
+    # --- budgets ---
+
+    async def _check_budget(self, run: Any, step: str, params: Any) -> None:
+        """Ask the server whether this request's projected cost fits the run's budgets; wait at the
+        budget gate (or raise ``BudgetParked``) when it does not. A request whose cost cannot be
+        projected (a model genai-prices does not price) is checked only by its step's begin."""
+        if not self._check_budget_enabled:
+            return
+        projected = await projected_cost(params, expected_output_tokens=self._expected_output_tokens)
+        if projected is None:
+            return
+        if isinstance(run, AsyncRunContext):
+            await _budget.acheck(run, projected, step=step, on_budget=self._on_budget)
+        else:
+            await _call(run, _budget.check, run, projected, step=step, on_budget=self._on_budget)
 
     # --- usage ---
 

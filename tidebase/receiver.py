@@ -42,6 +42,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
+from . import _tracing
 from .webhooks import DEFAULT_TOLERANCE_S, WebhookVerificationError, verify
 
 __all__ = ["MemoryReplayStore", "ReplayStore", "WebhookHandler", "WebhookResponse", "main", "serve"]
@@ -192,7 +193,7 @@ class WebhookHandler:
             )
         try:
             if kind in RUN_TYPES:
-                return self._run(message, msg_id)
+                return self._run(message, msg_id, lower)
             callback = self._callbacks.get(kind) or self._callbacks["*"]
             result = callback(message)
             if inspect.isawaitable(result):
@@ -210,23 +211,26 @@ class WebhookHandler:
         registered: Mapping[str, Any] = getattr(self.tide, "_workflows", {})
         return registered.keys()
 
-    def _run(self, message: dict[str, Any], msg_id: str | None) -> WebhookResponse:
+    def _run(self, message: dict[str, Any], msg_id: str | None, headers: Mapping[str, str]) -> WebhookResponse:
         name, run_id = str(message["workflowName"]), str(message["runId"])
         answer = {"accepted": True, "runId": run_id, "workflowName": name, "reason": message.get("reason")}
+        # The webhook's traceparent (sent by the server's delivery): the resumed run's steps join
+        # the trace of the step that failed or the gate that was decided (tidebase/_tracing.py).
+        trace = {k: v for k, v in headers.items() if k in ("traceparent", "tracestate", "baggage")}
         if not self.background:
-            _invoke(self.tide, name, run_id)
+            _invoke(self.tide, name, run_id, trace)
             return WebhookResponse(200, answer)
         thread = threading.Thread(
-            target=self._run_background, args=(name, run_id), name=f"tidebase-run-{run_id}", daemon=True
+            target=self._run_background, args=(name, run_id, trace), name=f"tidebase-run-{run_id}", daemon=True
         )
         with self._threads_lock:
             self._threads.add(thread)
         thread.start()
         return WebhookResponse(202, answer)
 
-    def _run_background(self, name: str, run_id: str) -> None:
+    def _run_background(self, name: str, run_id: str, trace: Mapping[str, str]) -> None:
         try:
-            _invoke(self.tide, name, run_id)
+            _invoke(self.tide, name, run_id, trace)
         except Exception:
             # The SDK has already reported the failure to the server (run.fail), which sends a
             # new run_failed recovery webhook when the run has one.
@@ -310,11 +314,12 @@ def _await(value: Awaitable[Any]) -> Any:
     return asyncio.run(wait())
 
 
-def _invoke(tide: Any, name: str, run_id: str) -> Any:
-    result = tide.run(name, run_id=run_id)
-    if inspect.isawaitable(result):
-        return _await(result)
-    return result
+def _invoke(tide: Any, name: str, run_id: str, trace: Mapping[str, str]) -> Any:
+    with _tracing.continue_trace(trace):
+        result = tide.run(name, run_id=run_id)
+        if inspect.isawaitable(result):
+            return _await(result)  # asyncio.run copies the current context: the trace goes along
+        return result
 
 
 # ---- standalone server ---------------------------------------------------------------

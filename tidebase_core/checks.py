@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Tags, register
@@ -58,5 +59,34 @@ def check_allowed_hosts(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
             "DJANGO_ALLOWED_HOSTS accepts any Host header ('*', the default).",
             hint="Set DJANGO_ALLOWED_HOSTS to the host names the server is reached by, comma-separated.",
             id="tidebase.W002",
+        )
+    ]
+
+
+def unverified_tls_brokers(url: str) -> list[str]:
+    """The ``rediss://`` URLs in a (``;``-separated) broker URL that do not ask for certificate
+    verification: kombu then encrypts but accepts any certificate, and logs only a warning."""
+    unverified = []
+    for part in url.split(";"):
+        parsed = urlparse(part.strip())
+        if parsed.scheme == "rediss":
+            wanted = (parse_qs(parsed.query).get("ssl_cert_reqs") or [""])[-1]
+            if wanted not in ("required", "CERT_REQUIRED"):
+                unverified.append(f"{parsed.scheme}://{parsed.hostname or ''}")
+    return unverified
+
+
+@register(Tags.security, deploy=True)
+def check_broker_tls(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    unverified = unverified_tls_brokers(settings.CELERY_BROKER_URL)
+    if not unverified:
+        return []
+    return [
+        CheckWarning(
+            f"CELERY_BROKER_URL ({', '.join(unverified)}) uses TLS without verifying the broker's certificate: "
+            "rediss:// without ssl_cert_reqs=required accepts any certificate.",
+            hint="Append ?ssl_cert_reqs=required to the URL, and &ssl_ca_certs=/path/to/ca.pem if the broker's "
+            'certificate is not signed by a public CA (docs/deploy.md, "Brokers with TLS").',
+            id="tidebase.W003",
         )
     ]

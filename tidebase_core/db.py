@@ -20,6 +20,8 @@ from tidebase_core.wire import RawJson, dumps
 
 logger = logging.getLogger("tidebase.api")
 UNSTORABLE = "a value in the request cannot be stored (out of range, too long, or a NUL character)"
+DATABASE_GONE = (psycopg.errors.AdminShutdown, psycopg.errors.CrashShutdown, psycopg.errors.CannotConnectNow)
+"""SQLSTATE 57P01-57P03: the server is shutting down, crashed, or is starting up."""
 
 
 def operational_answer(exc: Exception, path: str) -> DomainError | None:
@@ -37,6 +39,11 @@ def operational_answer(exc: Exception, path: str) -> DomainError | None:
         answer = UnsupportedValue(UNSTORABLE)
     elif type(cause).__name__ == "PoolTimeout":  # psycopg_pool: no connection free in time
         answer = ServerBusy("pool_timeout")
+    elif isinstance(cause, DATABASE_GONE) or type(cause) is psycopg.OperationalError:
+        # The database restarted (its sessions were terminated) or cannot be reached (plain
+        # OperationalError: libpq's own connection errors carry no SQLSTATE). The broken
+        # connection is replaced on the next request; the client retries after Retry-After.
+        answer = ServerBusy("database_unavailable", "the database is unavailable; retry shortly")
     if answer is not None:
         logger.info("api.db_refused", extra={"path": path, "error": str(exc)})
     return answer

@@ -1,10 +1,17 @@
-"""Domain errors. Each carries a machine-readable ``code`` and an HTTP status; the API's one
-error handler renders ``{"error": <message>, "code": <code>, **extra}`` (the top-level ``code``
-is what the official client reads, PROTOCOL.md §19.4)."""
+"""Domain errors. Each carries a machine-readable ``code`` and an HTTP status; every error
+answer, whoever renders it (the ninja handlers, the middleware, the step hot path, the ASGI
+gateway, the server's header timeout), has the body ``error_body`` builds:
+``{"error": <message>, "code": <code>, **extra}`` (the top-level ``code`` is what the official
+client reads, PROTOCOL.md §19.4)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    """The error envelope: the one place its shape is written."""
+    return {"error": message, "code": code, **extra}
 
 
 class DomainError(Exception):
@@ -17,7 +24,7 @@ class DomainError(Exception):
         self.extra = extra
 
     def body(self) -> dict[str, Any]:
-        return {"error": self.message, "code": self.code, **self.extra}
+        return error_body(self.code, self.message, **self.extra)
 
     def headers(self) -> list[tuple[str, str]]:
         """Response headers that go with this error (``Retry-After`` for ``ServerBusy``)."""
@@ -30,6 +37,10 @@ class InvalidRequest(DomainError):
 
 class InvalidJson(DomainError):
     code = "invalid_json"
+
+
+class MissingBody(DomainError):
+    code = "missing_body"
 
 
 class UnsupportedValue(DomainError):
@@ -108,3 +119,42 @@ class NoRecoveryWebhook(DomainError):
 class PayloadTooLarge(DomainError):
     code = "payload_too_large"
     status_code = 413
+
+
+class MethodNotAllowed(DomainError):
+    code = "method_not_allowed"
+    status_code = 405
+
+
+class RequestTimeout(DomainError):
+    code = "request_timeout"
+    status_code = 408
+
+
+class NotReady(DomainError):
+    code = "not_ready"
+    status_code = 503
+
+
+class InternalError(DomainError):
+    """The answer to an unexpected exception (logged where it is caught; its text never goes out)."""
+
+    code = "internal_error"
+    status_code = 500
+
+    def __init__(self, message: str = "internal server error") -> None:
+        super().__init__(message)
+
+
+class BudgetParked(Conflict):
+    """steps/begin of a run stopped at a budget, for a caller that did not ask for the ``parked``
+    answer (``onBudget: "park"``): the official client, and agents that cannot wait. Carries the
+    budget gate and the budget."""
+
+    code = "budget_parked"
+
+
+class BudgetExceeded(Conflict):
+    """The run was stopped at its budget: its budget gate was rejected."""
+
+    code = "budget_exceeded"

@@ -35,9 +35,9 @@ from typing import Any
 from django.conf import settings
 from django.db import OperationalError, close_old_connections
 
-from tidebase_core import auth
+from tidebase_core import auth, metrics
 from tidebase_core.db import operational_answer
-from tidebase_core.exceptions import DomainError
+from tidebase_core.exceptions import DomainError, RequestTimeout
 from tidebase_core.middleware import (
     RESOLVE_PATH,
     UNAUTHORIZED,
@@ -64,6 +64,7 @@ EAGER_BODY_BYTES = 64 * 1024
 once its API key is known to be valid (a stranger never makes the process buffer megabytes)."""
 
 _HEALTH = dumps({"ok": True})
+ENVIRON = "tidebase.environ"
 
 
 def _json(status: int, body: dict[str, object], *extra: tuple[bytes, bytes]) -> Answer:
@@ -90,7 +91,10 @@ class Gateway:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            await self._http(scope, receive, send)
+            if metrics.ENABLED:
+                await self._measured(scope, receive, send)
+            else:
+                await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         # websockets: not served; uvicorn answers 403 when the app returns without accepting
@@ -107,6 +111,27 @@ class Gateway:
                 return
 
     # -- one request -------------------------------------------------------------------------
+
+    async def _measured(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``_http``, observed once when it ends: method, route template (left in the environ by
+        the WSGI side, ``metrics.ROUTE_ENVIRON``), status and duration (``tidebase_core.metrics``)."""
+        started = time.perf_counter()
+        answered = 0
+
+        async def sending(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = message["status"]
+            await send(message)
+
+        try:
+            await self._http(scope, receive, sending)
+        finally:
+            environ = scope.get(ENVIRON)
+            operation = environ.get(metrics.ROUTE_ENVIRON) if environ is not None else None
+            route = metrics.route_label(scope["path"], operation)
+            # 499 (as nginx logs it): the client left before any answer was sent.
+            metrics.observe_request(scope["method"], route, answered or 499, time.perf_counter() - started)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
@@ -144,11 +169,8 @@ class Gateway:
                 async with asyncio.timeout(settings.TIDEBASE_BODY_TIMEOUT_S):  # no task per request
                     body = await _read_body(receive, limit)
             except TimeoutError:
-                late: dict[str, object] = {
-                    "error": "the request body did not arrive in time",
-                    "code": "request_timeout",
-                }
-                await _respond(send, *_json(408, late), close=True)
+                late = RequestTimeout("the request body did not arrive in time")
+                await _respond(send, *_domain(late), close=True)
                 return
             except _Disconnected:
                 return
@@ -156,6 +178,7 @@ class Gateway:
                 await _respond(send, *_too_large(limit), close=True)
                 return
             environ = _environ(scope, headers, body, admitted=large)
+            scope[ENVIRON] = environ  # where _measured finds the route the WSGI side served
             await self._dispatch(environ, body, receive, send)
         finally:
             if large:

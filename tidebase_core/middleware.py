@@ -16,11 +16,11 @@ from django.http import HttpRequest, HttpResponse
 
 from tidebase_core import auth
 from tidebase_core.db import operational_answer
-from tidebase_core.exceptions import ServerBusy
+from tidebase_core.exceptions import MethodNotAllowed, PayloadTooLarge, ServerBusy, Unauthorized, UnsupportedValue
 from tidebase_core.logs import REQUEST_ID, REQUEST_ID_ENVIRON, REQUEST_ID_HEADER, request_id_from
 from tidebase_core.wire import error_response, json_response
 
-PROTOCOL_PREFIXES = ("/health", "/ready", "/runs", "/queues", "/schedules")
+PROTOCOL_PREFIXES = ("/health", "/ready", "/runs", "/queues", "/schedules", "/metrics", "/budgets")
 SSE_PATH = re.compile(r"^/runs/[^/]+/events$")
 RESOLVE_PATH = re.compile(r"^/runs/[^/]+/gates/[^/]+/resolve$")
 
@@ -36,13 +36,13 @@ def bearer_token(header: str | None) -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
-UNAUTHORIZED: dict[str, object] = {"error": "unauthorized", "code": "unauthorized"}
+UNAUTHORIZED: dict[str, object] = Unauthorized("unauthorized").body()
 """The 401 body, here and in the ASGI gateway (which refuses a large body before reading it)."""
 
 
 def too_large_body(limit: int) -> dict[str, object]:
     """The 413 body, here and in the ASGI gateway."""
-    return {"error": f"request body is larger than {limit} bytes", "code": "payload_too_large", "limit": limit}
+    return PayloadTooLarge(f"request body is larger than {limit} bytes", limit=limit).body()
 
 
 def large_bodies_busy() -> ServerBusy:
@@ -149,9 +149,7 @@ class ProtocolMiddleware:
             response = error_response(answer)
         if response.status_code == 405 and not response.get("Content-Type", "").startswith("application/json"):
             allow = response.get("Allow")
-            response = json_response(
-                {"error": f"method {request.method} not allowed", "code": "method_not_allowed"}, 405
-            )
+            response = error_response(MethodNotAllowed(f"method {request.method} not allowed"))
             if allow:
                 response["Allow"] = allow
         response["Access-Control-Allow-Origin"] = settings.TIDEBASE_CORS_ORIGIN
@@ -170,8 +168,8 @@ class ProtocolMiddleware:
         if length.isdigit() and int(length) > settings.TIDEBASE_MAX_BODY_BYTES:
             return _too_large()
         if "\x00" in unquote(request.path_info) or "\x00" in unquote(request.META.get("QUERY_STRING", "")):
-            body = {"error": "the URL cannot contain the NUL character (%00)", "code": "unsupported_value"}
-            return json_response(body, 400)  # Postgres stores no NUL; see jsonsafe.py for bodies
+            # Postgres stores no NUL; see jsonsafe.py for bodies
+            return error_response(UnsupportedValue("the URL cannot contain the NUL character (%00)"))
         path = request.path_info
         if path in ("/health", "/ready"):  # probes need no key (scopes.ROUTE_SCOPES: public)
             return self.get_response(request)

@@ -22,11 +22,20 @@ OutboxKind = Literal["channel", "recovery"]
 Dispatcher = Callable[[OutboxKind, list[str]], None]
 
 _dispatchers: list[Dispatcher] = []
+_recorders: list[Dispatcher] = []
 
 
 def register_dispatcher(fn: Dispatcher) -> None:
     if fn not in _dispatchers:
         _dispatchers.append(fn)
+
+
+def register_recorder(fn: Dispatcher) -> None:
+    """``fn(kind, ids)`` runs as the rows are written, inside the writer's transaction (or right
+    after its single autocommit statement), before any dispatch: ``tidebase_core.tracing`` keeps
+    the request's trace context with the rows. Registered only when tracing is on."""
+    if fn not in _recorders:
+        _recorders.append(fn)
 
 
 def _dispatch(kind: OutboxKind, ids: list[str]) -> None:
@@ -39,5 +48,8 @@ def _dispatch(kind: OutboxKind, ids: list[str]) -> None:
 
 def after_commit(kind: OutboxKind, ids: list[str]) -> None:
     """Hand ``ids`` to the dispatchers once the current transaction commits."""
+    if ids and _recorders:
+        for record in _recorders:
+            record(kind, ids)
     if ids and _dispatchers:
         transaction.on_commit(lambda: _dispatch(kind, ids), robust=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import resource
 import sys
@@ -30,12 +31,15 @@ from typing import TYPE_CHECKING
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from tidebase_core.exceptions import RequestTimeout
+
 if TYPE_CHECKING:
     from uvicorn._types import ASGI3Application
 
+_TIMEOUT_BODY = json.dumps(RequestTimeout("the request did not arrive in time").body(), separators=(",", ":")).encode()
 _REQUEST_TIMEOUT = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-    b'content-length: 71\r\n\r\n{"error":"the request did not arrive in time","code":"request_timeout"}'
+    b"content-length: %d\r\n\r\n%b" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
 )
 
 
@@ -181,6 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     host, _, port = args.bind.rpartition(":")
     _raise_fd_limit()
+    from tidebase_core.metrics import metrics_directory
+
+    metrics_directory(owner=True)  # before any worker imports prometheus_client: they all write there
     os.environ["TIDEBASE_WEB_THREADS"] = str(args.threads)  # read by the gateway in each worker
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     uvicorn.run(

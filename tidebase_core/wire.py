@@ -135,6 +135,7 @@ def run_out(r: Any) -> dict[str, Any]:
         "createdAt": ts(r.created_at),
         "updatedAt": ts(r.updated_at),
         "completedAt": ts(r.completed_at),
+        "budgetUsd": num(r.budget_usd),
     }
 
 

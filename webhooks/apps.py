@@ -13,3 +13,10 @@ class WebhooksConfig(AppConfig):
         from webhooks.dispatch import outbox_dispatch
 
         register_dispatcher(outbox_dispatch)
+
+        from tidebase_core import tracing
+
+        if tracing.ENABLED:  # outbox rows keep the writing request's trace context
+            from tidebase_core.outbox import register_recorder
+
+            register_recorder(tracing.record_outbox)

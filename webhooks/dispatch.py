@@ -14,7 +14,7 @@ import queue
 import threading
 from collections.abc import Iterable
 
-from webhooks.services import Kind
+from webhooks.services.kinds import Kind
 
 logger = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.migrations.loader import MigrationLoader
 
+from tidebase_core.exceptions import error_body
 from webhooks.heartbeat import stale_s
 
 CHECKS = ("database", "migrations", "broker", "worker", "beat")
@@ -51,7 +52,7 @@ def _migrations_on_disk() -> tuple[tuple[tuple[str, str], frozenset[tuple[str, s
 
 
 def _failure(code: str, error: str, **extra: Any) -> dict[str, Any]:
-    return {"ok": False, "code": code, "error": error, **extra}
+    return {"ok": False, **error_body(code, error, **extra)}
 
 
 def _database_checks(limit_s: float) -> dict[str, dict[str, Any]]:

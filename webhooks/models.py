@@ -74,3 +74,25 @@ class ProcessHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.hostname}:{self.pid}"
+
+
+class OutboxTrace(models.Model):
+    """The W3C trace context (``traceparent``, ``tracestate``) of the request that wrote an
+    outbox row, kept only while tracing is on (``tidebase_core.tracing``): written in the same
+    transaction as the row, read by each delivery attempt so it continues that trace, deleted
+    once the delivery is final. Keyed like ``DeliveryAttempt`` (``kind`` + ``delivery_id``)."""
+
+    kind = models.CharField(max_length=16, choices=DeliveryKind.choices)
+    delivery_id = models.CharField(max_length=40)
+    traceparent = models.CharField(max_length=55)
+    tracestate = models.TextField(null=True, blank=True)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "tb_outbox_trace"
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "delivery_id"], name="tb_outbox_trace_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.delivery_id} {self.traceparent}"

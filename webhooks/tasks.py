@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from django.conf import settings
 from django.db import connection
 
 from config.celery import app
+from tidebase_core import metrics
 from tidebase_core.logs import install_celery_task_ids
 from tidebase_core.services.reconcile import reconcile_tick
-from webhooks import services
+from webhooks import telemetry
 from webhooks.dispatch import publish
+from webhooks.services.kinds import Kind
+from webhooks.services.redelivery import delivery_sweep
 
 logger = logging.getLogger(__name__)
 install_celery_task_ids()
@@ -26,10 +30,8 @@ so workers do not hold hours-long ETA messages in memory."""
 
 
 @app.task(name="tidebase.deliver", ignore_result=True)  # type: ignore[untyped-decorator]
-def deliver(kind: services.Kind, delivery_id: str, expected_attempts: int, trigger: str = "dispatch") -> None:
-    delay = services.delivery_attempt(
-        kind=kind, delivery_id=delivery_id, expected_attempts=expected_attempts, trigger=trigger
-    )
+def deliver(kind: Kind, delivery_id: str, expected_attempts: int, trigger: str = "dispatch") -> None:
+    delay = telemetry.attempt(kind=kind, delivery_id=delivery_id, expected_attempts=expected_attempts, trigger=trigger)
     if delay is not None and delay <= COUNTDOWN_MAX_S:
         try:
             publish(kind, delivery_id, expected_attempts + 1, "retry", countdown=delay)
@@ -54,7 +56,7 @@ def reconcile_locked() -> dict[str, Any] | None:
 
 def sweep() -> int:
     """Re-dispatch due rows whose message was lost. Returns how many were dispatched."""
-    found = services.delivery_sweep()
+    found = delivery_sweep()
     for kind, delivery_id, attempts in found:
         publish(kind, delivery_id, attempts, "sweep")
     return len(found)
@@ -66,6 +68,7 @@ def tick() -> dict[str, Any]:
     and then the delivery sweep, which always runs because delivery depends on it. Safe to run
     twice at once: the reconciler is skipped while another tick holds its lock, and overlapping
     sweeps split rows with ``SKIP LOCKED``."""
+    started = time.perf_counter()
     result: dict[str, Any] = {}
     if settings.TIDEBASE_RECONCILER:
         try:
@@ -75,6 +78,7 @@ def tick() -> dict[str, Any]:
             logger.exception("reconcile.tick.failed")
             result["reconcile"] = "error"
     result["swept"] = sweep()
+    metrics.reconciler_ticked(time.perf_counter() - started)
     done = _done(result)
     if done:  # a tick that did nothing (nearly all of them) writes no line
         logger.info("tick: %s", ", ".join(f"{k}={v}" for k, v in done.items()), extra={"tick": done})

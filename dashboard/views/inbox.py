@@ -8,8 +8,8 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import trigger_client_event
 
-from dashboard import selectors
 from dashboard.forms import GateDecisionForm
+from dashboard.selectors import approvals as selectors
 from dashboard.templatetags.dashboard import principal
 from dashboard.views._common import HtmxHttpRequest, htmx_target, permission
 from tidebase_core.exceptions import DomainError, GateAlreadyResolved
@@ -42,7 +42,7 @@ def gate_decide(request: HtmxHttpRequest, gate_id: str) -> HttpResponse:
     if gate is None:
         raise Http404("gate not found")
     form = GateDecisionForm(request.POST)
-    status, conflict = 200, ""
+    status, refusal, already = 200, "", False
     if not form.is_valid():
         status = 422
     else:
@@ -58,14 +58,15 @@ def gate_decide(request: HtmxHttpRequest, gate_id: str) -> HttpResponse:
                 decided_by=f"user:{username}",
                 require_token=False,
             )
-        except GateAlreadyResolved as exc:
-            status, conflict = 409, exc.message  # "gate already <status> by <actor>"
+        except GateAlreadyResolved:
+            status, already = 409, True
         except DomainError as exc:
-            status, conflict = exc.status_code, exc.message
+            status, refusal = exc.status_code, exc.message
         gate = selectors.gate_card(gate_id=gate_id) or gate
+    conflict = _conflict_text(gate, already=already, refusal=refusal) if already or refusal else ""
     if not request.htmx:
         if conflict:
-            messages.error(request, _conflict_text(_decider(gate), conflict))
+            messages.error(request, conflict)
         elif status == 200:
             messages.success(request, f"{gate.status.capitalize()} “{gate.name}”.")
         else:
@@ -77,7 +78,7 @@ def gate_decide(request: HtmxHttpRequest, gate_id: str) -> HttpResponse:
         {
             "gate": gate,
             "form": form,
-            "conflict": _conflict_text(_decider(gate), conflict) if conflict else "",
+            "conflict": conflict,
             "mine": status == 200,
         },
         status=status,
@@ -95,10 +96,13 @@ def _decider(gate: Gate) -> str | None:
     return principal(gate.decided_by) if gate.decided_by else gate.actor
 
 
-def _conflict_text(actor: str | None, message: str) -> str:
-    """``gate already approved by alice`` → ``Already decided by alice (approved). …``"""
-    status = message.removeprefix("gate already ").split(" by ", 1)[0] if message.startswith("gate already ") else ""
-    if actor:
-        detail = f" ({status})" if status else ""
-        return f"Already decided by {actor}{detail}. Your decision was not recorded."
-    return f"{message[:1].upper()}{message[1:]}. Your decision was not recorded."
+def _conflict_text(gate: Gate, *, already: bool, refusal: str) -> str:
+    """Why a decision was not recorded, from the gate as it now is: decided first by someone
+    else (``already``: ``Already decided by alice (approved).``), or refused (``refusal``, the
+    error's message)."""
+    actor = _decider(gate)
+    if already:
+        decided = f"Already decided by {actor} ({gate.status})" if actor else f"Gate already {gate.status} by someone"
+    else:
+        decided = f"Already decided by {actor}" if actor else f"{refusal[:1].upper()}{refusal[1:]}"
+    return f"{decided}. Your decision was not recorded."

@@ -7,8 +7,8 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from dashboard import selectors
 from dashboard.forms import ApiKeyForm
+from dashboard.selectors import keys as selectors
 from dashboard.services import api_key_create, api_key_revoke
 from dashboard.views._common import HtmxHttpRequest, permission
 from tidebase_core.auth import access

@@ -6,7 +6,7 @@ from django.http import HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from dashboard import selectors
+from dashboard.selectors import queues as selectors
 from dashboard.views._common import HtmxHttpRequest, htmx_target, permission
 
 TEMPLATE = "dashboard/queues/index.html"

@@ -8,11 +8,12 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
-from dashboard import selectors
 from dashboard.forms import ReasonForm, RunFilterForm
+from dashboard.selectors import runs as selectors
 from dashboard.views._common import HtmxHttpRequest, htmx_target, permission, querystring
 from tidebase_core.exceptions import DomainError
 from tidebase_core.models.runs import TERMINAL_STATUSES, RunStatus
+from tidebase_core.selectors import cost_figures
 from tidebase_core.services.runs import run_cancel, run_recover
 
 LIST_TEMPLATE = "dashboard/runs/index.html"
@@ -64,16 +65,22 @@ def run_detail(request: HtmxHttpRequest, run_id: str) -> HttpResponse:
         seen_seq, seen_status = request.GET.get("seq", ""), request.GET.get("status", "")
         if seen_seq == str(run.event_seq) and seen_status == run.status:
             return HttpResponseStopPolling() if terminal else HttpResponse(status=204)
-        response = render(request, f"{DETAIL_TEMPLATE}#run-live", _detail_context(run))
+        response = render(request, f"{DETAIL_TEMPLATE}#run-live", _detail_context(run, request))
         if terminal:
             response.status_code = HttpResponseStopPolling.status_code
         return response
-    return render(request, DETAIL_TEMPLATE, _detail_context(run))
+    return render(request, DETAIL_TEMPLATE, _detail_context(run, request))
 
 
-def _detail_context(run: object) -> dict[str, object]:
+def _detail_context(run: object, request: HtmxHttpRequest | None = None) -> dict[str, object]:
     detail = selectors.run_detail(run=run)  # type: ignore[arg-type]
-    return {"d": detail, "run": detail.run, "cancel_form": ReasonForm()}
+    return {
+        "d": detail,
+        "run": detail.run,
+        "cancel_form": ReasonForm(),
+        "figures": cost_figures.run_figures(run_id=detail.run.id),
+        "can_manage_budgets": request is not None and request.user.has_perm("tidebase_core.manage_budgets"),
+    }
 
 
 @require_POST
@@ -114,7 +121,7 @@ def _mutate(request: HtmxHttpRequest, run_id: str, action: object, success: str)
     run = selectors.run_live(run_id=run_id)
     if run is None:
         raise Http404("run not found")
-    context = {**_detail_context(run), "flash": {"level": level, "text": text}}
+    context = {**_detail_context(run, request), "flash": {"level": level, "text": text}}
     response = render(request, f"{DETAIL_TEMPLATE}#run-live", context, status=status)
     trigger_client_event(response, "run-changed", {"runId": run_id, "status": run.status})
     return response

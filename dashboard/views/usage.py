@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 from collections.abc import Iterator
 from decimal import Decimal
 
 from django.http import HttpResponseBase, StreamingHttpResponse
 from django.shortcuts import render
+from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from dashboard import selectors
 from dashboard.forms import UsageRangeForm
+from dashboard.selectors import usage as selectors
 from dashboard.views._common import HtmxHttpRequest, permission
+from tidebase_core.selectors import cost_figures
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 """What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection")."""
@@ -44,7 +47,18 @@ def usage(request: HtmxHttpRequest) -> HttpResponseBase:
     if request.GET.get("format") == "csv":
         return _csv(since, until)
     report = selectors.usage_report(since=since, until=until)
-    context = {"form": form, "report": report, "series": report.series(), "csv_query": request.GET.urlencode()}
+    days = [d["day"].date() for d in report.days]  # the range's UTC days, every one present
+    today = timezone.now().astimezone(dt.UTC).date()
+    first, end = (days[0], days[-1] + dt.timedelta(days=1)) if days else (today, today)
+    figures = cost_figures.usage_figures(first=first, end=end, today=today)
+    series = {**report.series(), **figures.series([d.isoformat() for d in days])}
+    context = {
+        "form": form,
+        "report": report,
+        "figures": figures,
+        "series": series,
+        "csv_query": request.GET.urlencode(),
+    }
     return render(request, "dashboard/usage/index.html", context)
 
 

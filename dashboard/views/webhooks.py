@@ -11,19 +11,20 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import trigger_client_event
 
-from dashboard import selectors
+from dashboard.selectors import webhooks as selectors
 from dashboard.views._common import HtmxHttpRequest, htmx_target, permission
 from tidebase_core.exceptions import DomainError
+from tidebase_core.models import DeliveryStatus
 
 TEMPLATE = "dashboard/webhooks/index.html"
 KINDS = ("channel", "recovery")
-STATUSES = ("pending", "delivered", "failed")
+STATUSES = tuple(DeliveryStatus.values)
 
 
 def redeliver_service() -> Callable[..., Any] | None:
     """The webhooks app's ``delivery_redeliver(kind, id, actor)``, once it exists."""
     try:
-        from webhooks.services import delivery_redeliver
+        from webhooks.services.redelivery import delivery_redeliver
     except ImportError:
         return None
     return delivery_redeliver
@@ -59,7 +60,7 @@ def webhook_redeliver(request: HtmxHttpRequest, kind: str, delivery_id: str) -> 
     try:
         service(kind, delivery_id, f"user:{request.user.get_username()}")
         level, text, status = messages.SUCCESS, "Redelivery queued.", 200
-    except LookupError as exc:  # webhooks.services.DeliveryNotFound
+    except LookupError as exc:  # webhooks.services.redelivery.DeliveryNotFound
         raise Http404("delivery not found") from exc
     except DomainError as exc:
         if exc.status_code == 404:

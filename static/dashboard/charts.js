@@ -45,5 +45,35 @@
     data: { labels: s.topRuns, datasets: [{ label: "Cost (USD)", data: s.topRunCost, backgroundColor: palette[2] }] },
     options: { indexAxis: "y", plugins: { legend: { display: false } }, scales: { x: { beginAtZero: true, ticks: { callback: money } } } },
   });
+  if (s.figureDays) {
+    make("chart-outcomes", {
+      type: "bar",
+      data: { labels: s.figureDays, datasets: [
+        { label: "Failed runs", data: s.failedByDay, backgroundColor: palette[6] },
+        { label: "Cancelled runs", data: s.cancelledByDay, backgroundColor: palette[7] },
+        { label: "Saved by replay", data: s.savedByDay, backgroundColor: palette[3] },
+      ] },
+      options: { scales: { y: { beginAtZero: true, ticks: { callback: money } } } },
+    });
+    var names = s.topSteps.concat(s.topTools);
+    make("chart-steps", {
+      type: "bar",
+      data: { labels: names, datasets: [{ label: "Cost (USD)", data: s.topStepCost.concat(s.topToolCost), backgroundColor: palette[4] }] },
+      options: { indexAxis: "y", plugins: { legend: { display: false } }, scales: { x: { beginAtZero: true, ticks: { callback: money } } } },
+    });
+    Array.prototype.forEach.call(document.querySelectorAll("canvas.chart-burn"), function (el, i) {
+      var b = s.burnDowns[Number(el.getAttribute("data-index"))];
+      if (!b) return;
+      el.id = el.id || "chart-burn-" + i;
+      make(el.id, {
+        type: "line",
+        data: { labels: b.days, datasets: [
+          { label: "Spent (USD)", data: b.spent, borderColor: palette[0], backgroundColor: palette[0], fill: false },
+          { label: "Limit", data: b.days.map(function () { return b.limit; }), borderColor: palette[6], borderDash: [6, 4], pointRadius: 0, fill: false },
+        ] },
+        options: { scales: { y: { beginAtZero: true, ticks: { callback: money } } } },
+      });
+    });
+  }
   window.tidebaseCharts = charts;
 })();

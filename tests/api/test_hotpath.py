@@ -209,9 +209,10 @@ def test_the_hot_path_hands_refused_begins_to_the_framework(content: bytes, _cod
     assert not Step.objects.filter(run_id=run.id).exists()
 
 
-def test_a_dead_database_connection_gets_a_json_500_then_a_fresh_connection() -> None:
-    """After a Postgres restart the pooled connection is dead: the request fails with the usual
-    JSON body (never the server's HTML 500), and the connection is dropped, not reused."""
+def test_a_dead_database_connection_gets_a_json_503_then_a_fresh_connection() -> None:
+    """After a Postgres restart the pooled connection is dead: the request is refused with a JSON
+    503 ``database_unavailable`` the client retries (never the server's HTML 500), and the
+    connection is dropped, not reused."""
     run = run_services.run_create(workflow_name="wf")
     _, owner = run_services.run_begin(run_id=run.id, owner="w")
     path = f"/runs/{run.id}/steps/begin"
@@ -220,9 +221,9 @@ def test_a_dead_database_connection_gets_a_json_500_then_a_fresh_connection() ->
     connection.connection.close()  # what a database restart does to a pooled connection
     body = json.dumps({"name": "s", "inputHash": "h", "leaseOwner": owner}).encode()
     status, content = serve(environ(path, body))
-    assert status == "500 Internal Server Error"
+    assert status == "503 Service Unavailable"
     assert content is not None
-    assert json.loads(content)["code"] == "internal_error"
+    assert json.loads(content)["code"] == "database_unavailable"
     assert connection.connection is None  # dropped; the next request reconnects
     status, content = serve(environ(path, body))
     assert status == "200 OK"

@@ -21,7 +21,7 @@ RUN_KEYS = {
     "id", "workflowName", "input", "metadata", "status", "result", "error", "recoveryWebhook", "leaseOwner",
     "leaseExpiresAt", "attempt", "queue", "dedupeKey", "priority", "runAt", "maxAttempts", "deadlineAt",
     "cancelRequestedAt", "cancelledAt", "cancelReason", "cancelActor", "failureClass", "createdAt", "updatedAt",
-    "completedAt",
+    "completedAt", "budgetUsd",
 }  # fmt: skip
 STEP_KEYS = {
     "id", "runId", "name", "inputHash", "input", "options", "resumeContract", "status", "output", "error",

@@ -210,6 +210,9 @@ SAMPLES: dict[str, Sample] = {
         "PUT", "/schedules/nightly", "operator", lambda w: {"cron": "0 4 * * *", "workflowName": "x"}
     ),
     "delete_schedule": Sample("DELETE", "/schedules/nightly", "operator"),
+    "metrics": Sample("GET", "/metrics", "operator"),
+    "check_budget": Sample("POST", "/runs/{run}/budget/check", "agent", lambda w: {"projectedUsd": 0.01}),
+    "list_budgets": Sample("GET", "/budgets", "operator"),
 }
 
 RANK = {"public": -1, "agent": 0, "operator": 1, "admin": 2}
@@ -252,6 +255,8 @@ def call(http: httpx.Client, sample: Sample, world: World, headers: dict[str, st
             response.read()
             return response.status_code, response.json()
     response = http.request(sample.method, path, json=body, headers=headers)
+    if response.headers.get("content-type", "").startswith("text/plain"):  # /metrics: Prometheus text
+        return response.status_code, {}
     return response.status_code, response.json()
 
 

@@ -26,7 +26,7 @@ from tests.live import wait_for
 from tidebase_core.exceptions import Conflict
 from tidebase_core.models import ApiKey, QueueConfig, Run, RunState, Schedule, StateStream, StateVersion, UsageRecord
 from tidebase_core.models.usage import UsageDaily, UsageRunTotal
-from tidebase_core.services import queues, runs, state, usage
+from tidebase_core.services import queues, runs, schedules, state, usage
 
 pytestmark = pytest.mark.django_db(transaction=True, available_apps=["tidebase_core"])
 
@@ -292,7 +292,7 @@ def test_queue_configure__concurrent_partial_configs_of_new_queues_all_apply() -
 
 def test_schedule_set__16_concurrent_puts_of_a_new_schedule_leave_one_whole_row() -> None:
     def put(i: int) -> None:
-        queues.schedule_set(name="nightly", cron=f"{i} 3 * * *", workflow_name=f"wf-{i}", input={"i": i})
+        schedules.schedule_set(name="nightly", cron=f"{i} 3 * * *", workflow_name=f"wf-{i}", input={"i": i})
 
     assert errors(in_threads(THREADS, put)) == []
 

@@ -156,7 +156,7 @@ def test_gate_decide__second_decision_sees_already_decided_by(
     assert clients["approver"].post(url, {"decision": "approved"}, headers={"HX-Request": "true"}).status_code == 200
     late = clients["admin"].post(url, {"decision": "rejected"}, headers={"HX-Request": "true"})
     assert late.status_code == 409
-    assert b"Already decided by approver" in late.content
+    assert b"Already decided by approver (approved)" in late.content
     plain = clients["admin"].post(url, {"decision": "rejected"}, follow=True)
     assert b"Already decided by approver" in plain.content
     assert Gate.objects.get(id=gate.id).status == "approved"

@@ -148,14 +148,14 @@ def test_static_files__vendored_libraries_are_served(clients: dict[str, Client])
 def test_queues_page__shows_depth_caps_failures_and_schedules(
     clients: dict[str, Client], django_assert_max_num_queries: object
 ) -> None:
-    from tidebase_core.services import queues
+    from tidebase_core.services import queues, schedules
 
     queues.queue_configure(name="emails", concurrency=3, rate_per_minute=60)
     for _ in range(2):
         queues.enqueue(queue="emails", workflow_name="send")
     failed, _ = queues.enqueue(queue="emails", workflow_name="send")
     Run.objects.filter(id=failed.id).update(status="failed")
-    queues.schedule_set(name="nightly", cron="0 3 * * *", workflow_name="report", queue="emails")
+    schedules.schedule_set(name="nightly", cron="0 3 * * *", workflow_name="report", queue="emails")
     page = clients["viewer"].get(reverse("dashboard:queues"))
     assert page.status_code == 200
     body = page.content.decode()

@@ -25,8 +25,8 @@ MAX_QUERIES = {
     # session + user + 2 permission lookups (cached for the request) + the page's own queries
     "inbox": 6,
     "runs": 6,
-    "run": 17,
-    "usage": 6,  # two queries on the usage rollups
+    "run": 19,  # ... and two for the run's cost figures (tidebase_core.selectors.cost_figures)
+    "usage": 10,  # two queries on the usage rollups, up to four for the cost figures
     "webhooks": 9,
     "keys": 5,
 }

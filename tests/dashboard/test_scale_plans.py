@@ -15,7 +15,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from dashboard.selectors import encode_cursor
+from dashboard.selectors.runs import encode_cursor
 from scripts.dashboard_scale import explainable, label, scans
 
 LARGE = {"tb_run", "tb_usage", "tb_gate", "tb_event", "tb_step", "tb_usage_run"}
@@ -98,7 +98,7 @@ def test_scale__pages_use_index_scans_on_the_large_tables(clients: dict[str, Cli
 
 def test_scale__status_counts_are_capped_not_full_counts(clients: dict[str, Client]) -> None:
     call_command("tidebase_seed", runs=30_000, usage=1000, gates=10, sample_runs=10, force=True, verbosity=0)
-    from dashboard.selectors import RunFilters, status_counts
+    from dashboard.selectors.runs import RunFilters, status_counts
 
     counts, capped = status_counts(filters=RunFilters(), cap=1000)
     assert counts["completed"] == 1000

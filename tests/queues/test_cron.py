@@ -5,7 +5,7 @@ import datetime as dt
 import pytest
 
 from tidebase_core.exceptions import InvalidRequest
-from tidebase_core.services.queues import cron_next
+from tidebase_core.services.schedules import cron_next
 
 REF = dt.datetime(2026, 6, 12, 10, 30, 30, tzinfo=dt.UTC)
 

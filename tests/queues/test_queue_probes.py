@@ -11,7 +11,7 @@ import pytest
 from django.db import connection
 
 from tidebase_core.models import Event, Run, Schedule
-from tidebase_core.services import queues
+from tidebase_core.services import queues, schedules
 from tidebase_core.services.runs import run_complete
 from tidebase_core.services.time import db_now
 
@@ -97,12 +97,12 @@ def test_claim__highest_priority_then_oldest_and_not_before_run_at() -> None:
 def test_schedules__two_racing_ticks_enqueue_a_due_schedule_once() -> None:
     for round_ in range(10):
         name = f"s{round_}"
-        queues.schedule_set(name=name, cron="* * * * *", workflow_name="wf")
+        schedules.schedule_set(name=name, cron="* * * * *", workflow_name="wf")
         # The database clock, read before the ticks: "due" and "past now" are relative to it, and
         # a minute may turn between a tick and the assertion on a slow machine.
         before = db_now()
         Schedule.objects.filter(name=name).update(next_run_at=before - dt.timedelta(hours=1))
-        fired = race(2, lambda i: queues.schedules_fire_due())
+        fired = race(2, lambda i: schedules.schedules_fire_due())
         assert sum(fired) == 1
         assert Run.objects.filter(metadata__schedule=name).count() == 1
         schedule = Schedule.objects.get(name=name)

@@ -24,8 +24,8 @@ from django.db.models.functions import Now
 from tests.conftest import lock_waiters
 from tidebase.webhooks import verify, verify_webhook_signature
 from tidebase_core.models import ChannelDelivery, Event, RecoveryAttempt
-from webhooks import services
 from webhooks.models import DeliveryAttempt
+from webhooks.services import attempts, redelivery, sending
 from webhooks.ssrf import AddressPolicy
 
 from .conftest import Receiver, wait_for
@@ -200,19 +200,19 @@ def test_delivery_record__a_late_outcome_of_an_interrupted_attempt_keeps_the_mar
     receiver.behaviour = lambda r: (release.wait(30), (200, {}, b"late"))[1] if r.attempt == 1 else (200, {}, b"ok")
     [delivery_id] = channel_deliveries(receiver.url, publish=False)
 
-    first = services.delivery_claim(kind="channel", delivery_id=delivery_id, expected_attempts=0, trigger="dispatch")
+    first = attempts.delivery_claim(kind="channel", delivery_id=delivery_id, expected_attempts=0, trigger="dispatch")
     assert first is not None
     with ThreadPoolExecutor(1) as pool:
-        in_flight = pool.submit(services.delivery_send, first, policy=LOOPBACK)
+        in_flight = pool.submit(sending.delivery_send, first, policy=LOOPBACK)
         wait_for(lambda: receiver.receipts, 10, what="attempt 1 at the receiver")
         horizon_passes(delivery_id)
-        assert ("channel", delivery_id, 1) in services.delivery_sweep()
-        second = services.delivery_claim(kind="channel", delivery_id=delivery_id, expected_attempts=1, trigger="sweep")
+        assert ("channel", delivery_id, 1) in redelivery.delivery_sweep()
+        second = attempts.delivery_claim(kind="channel", delivery_id=delivery_id, expected_attempts=1, trigger="sweep")
         assert second is not None
-        assert services.delivery_record(second, services.delivery_send(second, policy=LOOPBACK)) is None
+        assert attempts.delivery_record(second, sending.delivery_send(second, policy=LOOPBACK)) is None
         release.set()
         late = in_flight.result()
-    assert services.delivery_record(first, late) is None
+    assert attempts.delivery_record(first, late) is None
 
     one, two = DeliveryAttempt.objects.filter(delivery_id=delivery_id).order_by("number")
     assert (one.error, one.http_status, one.response_excerpt) == ("interrupted", 200, "late")
@@ -226,15 +226,15 @@ def test_delivery_record__a_late_outcome_of_an_interrupted_attempt_keeps_the_mar
 
 def test_delivery_record__a_late_failure_of_an_interrupted_attempt_keeps_the_mark_and_schedules_nothing() -> None:
     [delivery_id] = channel_deliveries("http://127.0.0.1:9/hook", publish=False)
-    first = services.delivery_claim(kind="channel", delivery_id=delivery_id, expected_attempts=0, trigger="dispatch")
+    first = attempts.delivery_claim(kind="channel", delivery_id=delivery_id, expected_attempts=0, trigger="dispatch")
     assert first is not None
     horizon_passes(delivery_id)
-    assert ("channel", delivery_id, 1) in services.delivery_sweep()
-    second = services.delivery_claim(kind="channel", delivery_id=delivery_id, expected_attempts=1, trigger="sweep")
+    assert ("channel", delivery_id, 1) in redelivery.delivery_sweep()
+    second = attempts.delivery_claim(kind="channel", delivery_id=delivery_id, expected_attempts=1, trigger="sweep")
     assert second is not None
 
-    late = services.Outcome(latency_ms=9000, error="timeout: ReadTimeout")
-    assert services.delivery_record(first, late, schedule=[0.2, 0.5]) is None
+    late = sending.Outcome(latency_ms=9000, error="timeout: ReadTimeout")
+    assert attempts.delivery_record(first, late, schedule=[0.2, 0.5]) is None
 
     one = DeliveryAttempt.objects.get(delivery_id=delivery_id, number=1)
     assert (one.error, one.latency_ms) == ("interrupted", 9000)
@@ -257,18 +257,18 @@ def test_delivery_record__racing_the_claim_that_interrupts_its_attempt_never_dea
     1's log row. A third connection holds the log row so that both line up on it; recording
     must take the outbox row first, as the claim does, or the two deadlock (one fails)."""
     [delivery_id] = channel_deliveries("http://127.0.0.1:9/hook", publish=False)
-    first = services.delivery_claim(kind="channel", delivery_id=delivery_id, expected_attempts=0, trigger="dispatch")
+    first = attempts.delivery_claim(kind="channel", delivery_id=delivery_id, expected_attempts=0, trigger="dispatch")
     assert first is not None
     horizon_passes(delivery_id)
-    outcome = services.Outcome(latency_ms=5, http_status=200, response="ok")
+    outcome = sending.Outcome(latency_ms=5, http_status=200, response="ok")
 
     with psycopg.connect(test_database_url) as holder, ThreadPoolExecutor(2) as pool:
         holder.execute("SELECT 1 FROM tb_delivery_attempt WHERE delivery_id = %s FOR UPDATE", [delivery_id])
-        record = pool.submit(own_connection(lambda: services.delivery_record(first, outcome)))
+        record = pool.submit(own_connection(lambda: attempts.delivery_record(first, outcome)))
         wait_for(lambda: lock_waiters("tb_delivery_attempt") == 1, 10, what="the record to wait")
         claim = pool.submit(
             own_connection(
-                lambda: services.delivery_claim(
+                lambda: attempts.delivery_claim(
                     kind="channel", delivery_id=delivery_id, expected_attempts=1, trigger="sweep"
                 )
             )

@@ -9,7 +9,7 @@ from django.test import override_settings
 
 from tidebase_core.models import ChannelDelivery, Event, RecoveryAttempt
 from webhooks.models import DeliveryAttempt
-from webhooks.services import delivery_attempt
+from webhooks.services.attempts import delivery_attempt
 from webhooks.ssrf import AddressPolicy, BlockedAddress, address_blocked, embedded_ipv4
 
 from .conftest import Receiver

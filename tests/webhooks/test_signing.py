@@ -10,7 +10,7 @@ import pytest
 
 from tidebase.webhooks import WebhookVerificationError, sign_standard_webhook, verify, verify_webhook_signature
 from webhooks import signing
-from webhooks.services import retry_delay
+from webhooks.services.retries import retry_delay
 
 BODY = b'{"type":"run.resume","runId":"run_1","workflowName":"wf","reason":"manual","attempt":1}'
 WHSEC = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
@@ -81,3 +82,8 @@ def issues(errors: list[Any]) -> list[dict[str, Any]]:
         }
         for e in errors
     ]
+
+
+def usd(value: float | None) -> Decimal | None:
+    """A JSON number of dollars as the Decimal it was written as (``0.1`` is ``Decimal("0.1")``)."""
+    return None if value is None else Decimal(repr(value))

@@ -19,7 +19,7 @@ from tidebase_core import wire
 from tidebase_core.api.common import seg
 from tidebase_core.api.scopes import scoped
 from tidebase_core.db import flush_barrier
-from tidebase_core.exceptions import DomainError, InvalidRequest
+from tidebase_core.exceptions import DomainError, InvalidRequest, MethodNotAllowed
 from tidebase_core.selectors.runs import events_after
 from tidebase_core.waiting import EventStream
 
@@ -63,10 +63,10 @@ def _poll(run_id: str, after: int) -> Callable[[], bytes | None]:
 @scoped("run_events")
 def run_events(request: HttpRequest, run_id: str) -> HttpResponseBase:
     if request.method != "GET":
-        return wire.json_response({"error": "method not allowed", "code": "method_not_allowed"}, 405)
+        return wire.error_response(MethodNotAllowed("method not allowed"))
     try:
         after = _start(request)
     except DomainError as exc:  # a plain Django view: render like the ninja error handler
-        return wire.json_response(exc.body(), exc.status_code)
+        return wire.error_response(exc)
     rid = seg(run_id)
     return EventStream((rid,), _poll(rid, after))

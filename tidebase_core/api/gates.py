@@ -8,8 +8,10 @@ from tidebase_core.api.common import channels_in, principal, seg
 from tidebase_core.api.schemas import GateBeginIn, GateResolveIn
 from tidebase_core.auth import TOKEN_ONLY
 from tidebase_core.exceptions import Forbidden, InvalidRequest
-from tidebase_core.models import Gate
+from tidebase_core.models import Gate, GateStatus, RunStatus
+from tidebase_core.selectors import gates as selectors
 from tidebase_core.services import gates as services
+from tidebase_core.services.budgets import GATE_PREFIX as BUDGET_GATE_PREFIX
 from tidebase_core.waiting import Parked, Poll, long_poll
 
 router = Router(tags=["gates"])
@@ -17,6 +19,9 @@ router = Router(tags=["gates"])
 
 @router.post("/{run_id}/gates/begin", operation_id="begin_gate")
 def begin_gate(request: HttpRequest, run_id: str, payload: GateBeginIn) -> HttpResponse:
+    if payload.name.startswith(BUDGET_GATE_PREFIX):
+        # budget gates are opened by the server: approving one grants money, so no agent may forge one
+        raise InvalidRequest(f"gate names starting with {BUDGET_GATE_PREFIX!r} are reserved", field="name")
     gate, _created = services.gate_begin(
         run_id=seg(run_id),
         name=payload.name,
@@ -28,7 +33,7 @@ def begin_gate(request: HttpRequest, run_id: str, payload: GateBeginIn) -> HttpR
     )
     return wire.json_response(
         {
-            "action": "wait" if gate.status == "pending" else "return",
+            "action": "wait" if gate.status == GateStatus.PENDING else "return",
             "gate": wire.gate_out(gate, show_token=principal(request).can_resolve),
         }
     )
@@ -44,8 +49,10 @@ def get_gate(request: HttpRequest, run_id: str, gate_id: str, waitMs: int = 0) -
         raise InvalidRequest("waitMs must be >= 0", field="waitMs")
 
     def check() -> Poll[tuple[Gate, str]]:
-        gate, run_status, db_now = services.gate_get(run_id=rid, gate_id=gid)
-        done = gate.status != "pending" or run_status == "cancelled"
+        gate, run_status, db_now = selectors.gate_get(run_id=rid, gate_id=gid)
+        if services.gate_expire_if_due(gate=gate, now=db_now):
+            gate, run_status, db_now = selectors.gate_get(run_id=rid, gate_id=gid)
+        done = gate.status != GateStatus.PENDING or run_status == RunStatus.CANCELLED
         due = None if gate.timeout_at is None else max((gate.timeout_at - db_now).total_seconds(), 0) + 0.05
         return Poll((gate, run_status), done, recheck_s=due)  # wake up to report a timeout when due
 

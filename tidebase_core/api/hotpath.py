@@ -47,8 +47,9 @@ from tidebase_core.api.schemas import (
 from tidebase_core.api.state import USAGE_IDEMPOTENCY, state_body, usage_body
 from tidebase_core.api.steps import begin_body, complete_body
 from tidebase_core.db import operational_answer
-from tidebase_core.exceptions import DomainError
+from tidebase_core.exceptions import DomainError, InternalError
 from tidebase_core.logs import REQUEST_ID, REQUEST_ID_ENVIRON, REQUEST_ID_HEADER, request_id_from
+from tidebase_core.metrics import ROUTE_ENVIRON
 from tidebase_core.middleware import bearer_token
 from tidebase_core.wire import dumps
 
@@ -66,6 +67,7 @@ _RUN_COMPLETE = re.compile(rf"/runs/{_SEGMENT}/complete")
 _RUN_FAIL = re.compile(rf"/runs/{_SEGMENT}/fail")
 
 _STATUS = {code.value: f"{code.value} {code.phrase}" for code in HTTPStatus}
+_INTERNAL_ERROR = dumps(InternalError().body())
 
 StartResponse = Callable[..., Any]
 
@@ -186,6 +188,7 @@ def serve(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]
     if route is None:
         return None
     groups, operation_id, schema, handler = route
+    environ[ROUTE_ENVIRON] = operation_id  # the gateway's route label (tidebase_core.metrics)
     close_old_connections()  # what Django's request_started does, before any query (auth's)
     extra_headers: list[tuple[str, str]] = []
     request_id = request_id_from(environ.get(REQUEST_ID_ENVIRON))  # no middleware runs here
@@ -218,12 +221,12 @@ def serve(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]
         answer = operational_answer(exc, environ.get("PATH_INFO", ""))
         if answer is None:
             logger.exception("api.unhandled", extra={"path": environ.get("PATH_INFO")})
-            status, content = 500, dumps({"error": "internal server error", "code": "internal_error"})
+            status, content = 500, _INTERNAL_ERROR
         else:
             status, content, extra_headers = answer.status_code, dumps(answer.body()), answer.headers()
     except Exception:
         logger.exception("api.unhandled", extra={"path": environ.get("PATH_INFO")})
-        status, content = 500, dumps({"error": "internal server error", "code": "internal_error"})
+        status, content = 500, _INTERNAL_ERROR
     finally:
         close_old_connections()  # ... and request_finished: a broken connection is dropped here
         REQUEST_ID.reset(request_id_token)

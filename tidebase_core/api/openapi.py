@@ -88,6 +88,7 @@ OBJECTS: dict[str, Schema] = {
             "createdAt": TS,
             "updatedAt": TS,
             "completedAt": N_TS,
+            "budgetUsd": N_NUM,
         }
     ),
     "Step": obj(
@@ -258,6 +259,52 @@ OBJECTS: dict[str, Schema] = {
             "updatedAt": TS,
         }
     ),
+    "BudgetStop": obj(
+        {
+            "scope": {"type": "string", "enum": ["run", "workflow_day", "workflow_month", "global_day"]},
+            "workflow": N_STR,
+            "period": N_STR,
+            "spentUsd": NUM,
+            "limitUsd": NUM,
+            "askedUsd": NUM,
+            "runSpentUsd": NUM,
+            "projectedUsd": N_NUM,
+            "step": N_STR,
+        }
+    ),
+    "Budget": obj(
+        {
+            "scope": STR,
+            "workflow": N_STR,
+            "period": N_STR,
+            "spentUsd": NUM,
+            "limitUsd": NUM,
+            "remainingUsd": NUM,
+        }
+    ),
+    "SharedBudget": obj(
+        {
+            "scope": {"type": "string", "enum": ["workflow_day", "workflow_month", "global_day"]},
+            "workflow": N_STR,
+            "limitUsd": N_NUM,
+            "version": INT,
+            "updatedBy": STR,
+            "updatedAt": TS,
+            "period": N_STR,
+            "spentUsd": N_NUM,
+        }
+    ),
+    "BudgetVersion": obj(
+        {
+            "scope": STR,
+            "workflow": N_STR,
+            "version": INT,
+            "limitUsd": N_NUM,
+            "createdBy": STR,
+            "note": STR,
+            "createdAt": TS,
+        }
+    ),
     "Error": {
         **obj(
             {
@@ -287,8 +334,10 @@ STEP_BEGIN: Schema = {
             }
         ),
         obj({"action": {"const": "cancelled"}}),
+        obj({"action": {"const": "parked"}, "gate": ref("Gate"), "budget": ref("BudgetStop")}),
     ],
-    "description": "What the caller must do next (PROTOCOL.md §7.1).",
+    "description": 'What the caller must do next (PROTOCOL.md §7.1). `parked` (only with `onBudget: "park"`): '
+    "a budget of the run is reached; wait on `gate`, then begin the step again.",
 }
 
 RUN_DETAIL = obj(
@@ -345,6 +394,19 @@ OK: dict[str, Schema] = {
     "list_schedules": obj({"schedules": array(ref("Schedule"))}),
     "set_schedule": obj({"schedule": ref("Schedule")}),
     "delete_schedule": obj({"deleted": STR}),
+    "check_budget": {
+        "oneOf": [
+            obj(
+                {
+                    "action": {"const": "proceed"},
+                    "budgets": array(ref("Budget")),
+                    "remainingUsd": N_NUM,
+                }
+            ),
+            obj({"action": {"const": "parked"}, "gate": ref("Gate"), "budget": ref("BudgetStop")}),
+        ]
+    },
+    "list_budgets": obj({"budgets": array(ref("SharedBudget")), "versions": array(ref("BudgetVersion"))}),
 }
 
 ERRORS: dict[int, str] = {
@@ -355,11 +417,13 @@ ERRORS: dict[int, str] = {
     403: "The key's scope does not allow this (`forbidden`).",
     404: "The run, gate or schedule does not exist (`not_found`).",
     409: "Conflict with the resource's state: `run_cancelled`, `run_leased`, `lease_lost`, `run_completed`, "
-    "`gate_already_resolved`, `invalid_token`.",
+    "`gate_already_resolved`, `invalid_token`, `budget_parked` (a budget of the run is reached: with `gate` and "
+    "`budget`), `budget_exceeded` (the run was stopped at its budget).",
     413: "The body is larger than `TIDEBASE_MAX_BODY_BYTES` (`payload_too_large`).",
     422: "The run has no recovery webhook (`no_recovery_webhook`).",
     503: "Busy: a lock wait, statement or pooled connection timed out (`lock_timeout`, `statement_timeout`, "
-    "`pool_timeout`), or too many large bodies are in progress (`busy`); retry after `Retry-After` seconds. "
+    "`pool_timeout`), the database is restarting or unreachable (`database_unavailable`), or too many large "
+    "bodies are in progress (`busy`); retry after `Retry-After` seconds. "
     "`GET /ready`: not ready (`not_ready`, with `checks` naming the failing parts).",
 }
 
@@ -384,9 +448,10 @@ NOT_FOUND = {
     "create_snapshot",
     "record_usage",
     "delete_schedule",
+    "check_budget",
 }
 CONFLICT = {"begin_run", "heartbeat_run", "cancel_run", "begin_step", "complete_step", "fail_step", "begin_gate"}
-CONFLICT |= {"resolve_gate"}
+CONFLICT |= {"resolve_gate", "check_budget"}
 EXTRA: dict[str, set[int]] = {"recover_run": {422}, "ready": {503}}
 
 OPTIONAL_BODIES: dict[str, type[BaseModel]] = {"cancel_run": RunCancelIn, "recover_run": RunRecoverIn}

@@ -3,12 +3,13 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
-from tidebase_core import wire
-from tidebase_core.api.common import channels_in, idempotency, seg
+from tidebase_core import metrics, wire
+from tidebase_core.api.common import channels_in, idempotency, seg, usd
 from tidebase_core.api.schemas import ClaimIn, EnqueueIn, QueueConfigIn, ScheduleIn
 from tidebase_core.db import Row
-from tidebase_core.models import Schedule
+from tidebase_core.selectors import queues as selectors
 from tidebase_core.services import queues as services
+from tidebase_core.services import schedules
 from tidebase_core.waiting import Parked, Poll, long_poll
 
 router = Router(tags=["queues"])
@@ -29,12 +30,13 @@ def claim_runs(request: HttpRequest, payload: ClaimIn) -> HttpResponse:
     if isinstance(answer, Parked):
         return answer
     runs, owner = answer
+    metrics.runs_claimed(runs)
     return wire.json_response({"runs": [wire.run_out(r) for r in runs], "leaseOwner": owner})
 
 
 @router.get("", operation_id="list_queues")
 def list_queues(request: HttpRequest) -> HttpResponse:
-    return wire.json_response({"queues": services.queue_stats()})
+    return wire.json_response({"queues": selectors.queue_stats()})
 
 
 @router.post("/{queue}/enqueue", operation_id="enqueue_run")
@@ -53,6 +55,7 @@ def enqueue_run(request: HttpRequest, queue: str, payload: EnqueueIn) -> HttpRes
         priority=payload.priority,
         deadline_ms=payload.deadlineMs,
         idempotency=idempotency(request, "enqueue"),
+        budget_usd=usd(payload.budgetUsd),
     )
     return wire.json_response({"run": wire.run_out(run), "deduplicated": deduplicated})
 
@@ -71,12 +74,12 @@ def configure_queue(request: HttpRequest, queue: str, payload: QueueConfigIn) ->
 
 @schedules_router.get("", operation_id="list_schedules")
 def list_schedules(request: HttpRequest) -> HttpResponse:
-    return wire.json_response({"schedules": [wire.schedule_out(s) for s in Schedule.objects.order_by("name")]})
+    return wire.json_response({"schedules": [wire.schedule_out(s) for s in selectors.schedule_list()]})
 
 
 @schedules_router.put("/{name}", operation_id="set_schedule")
 def set_schedule(request: HttpRequest, name: str, payload: ScheduleIn) -> HttpResponse:
-    schedule = services.schedule_set(
+    schedule = schedules.schedule_set(
         name=seg(name),
         cron=payload.cron,
         workflow_name=payload.workflowName,
@@ -90,5 +93,5 @@ def set_schedule(request: HttpRequest, name: str, payload: ScheduleIn) -> HttpRe
 
 @schedules_router.delete("/{name}", operation_id="delete_schedule")
 def delete_schedule(request: HttpRequest, name: str) -> HttpResponse:
-    services.schedule_delete(name=seg(name))
+    schedules.schedule_delete(name=seg(name))
     return wire.json_response({"deleted": seg(name)})

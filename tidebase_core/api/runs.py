@@ -4,7 +4,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
 from tidebase_core import wire
-from tidebase_core.api.common import channels_in, idempotency, optional_body, principal, seg
+from tidebase_core.api.common import channels_in, idempotency, optional_body, principal, seg, usd
 from tidebase_core.api.schemas import (
     ChildCreateIn,
     HeartbeatIn,
@@ -39,6 +39,7 @@ def create_body(workflow_name: str, payload: RunCreateIn, request: HttpRequest) 
         recovery_webhook=str(payload.recoveryWebhook) if payload.recoveryWebhook else None,
         channels=channels_in(request, payload.channels),
         idempotency=idempotency(request, "run_create"),
+        budget_usd=usd(payload.budgetUsd),
     )
     return {"run": wire.run_out(run)}
 
@@ -126,5 +127,6 @@ def create_child_run(request: HttpRequest, run_id: str, payload: ChildCreateIn) 
         channels=channels_in(request, payload.channels),
         edge_type=payload.edgeType or "child",
         edge_metadata=payload.edgeMetadata,
+        budget_usd=usd(payload.budgetUsd),
     )
     return wire.json_response({"run": wire.run_out(child), "edge": wire.edge_out(edge), "created": created})

@@ -103,6 +103,8 @@ Tokens = Annotated[int, Field(ge=0, le=2**53), AS_INT]
 """At most 2**53 (what every JSON client reads exactly): input + output, and the rollups' sums of
 up to 1024 records, stay within Postgres ``bigint``."""
 Int32Positive = Annotated[int, Field(gt=0, lt=2**31), AS_INT]
+Usd = Annotated[float, Field(ge=0, lt=1e9, allow_inf_nan=False)]
+"""An amount of US dollars: a budget, a projected cost."""
 
 
 class _In(Schema):
@@ -124,6 +126,7 @@ class RunCreateIn(_In):
     metadata: Opt[Object] = None
     recoveryWebhook: Opt[Url] = None
     channels: Opt[list[ChannelIn]] = None
+    budgetUsd: Opt[Usd] = None
 
 
 class ChildCreateIn(RunCreateIn):
@@ -157,12 +160,27 @@ class RunRecoverIn(_In):
     reason: str | None = None
 
 
+OnBudget = Literal["park", "error"]
+"""What steps/begin answers when a budget of the run is reached: ``park``, the ``parked`` action
+(200, with the budget gate to wait on); ``error`` (the default, for clients that know no such
+action, like the official one), 409 ``budget_parked`` with the same gate."""
+
+
 class StepBeginIn(_In):
     name: Name
     inputHash: Annotated[str, Field(min_length=1, max_length=200)]
     input: Any = None
     options: Opt[Object] = None
     leaseOwner: Opt[Owner] = None
+    onBudget: OnBudget = "error"
+
+
+class BudgetCheckIn(_In):
+    """May the run send a request that will cost about ``projectedUsd``?"""
+
+    projectedUsd: Usd
+    step: Opt[Name] = None
+    onBudget: OnBudget = "park"
 
 
 class StepCompleteIn(_In):
@@ -259,6 +277,7 @@ class EnqueueIn(_In):
     maxAttempts: Annotated[int, Field(gt=0, le=1000), AS_INT] = 1
     priority: Annotated[int, Field(ge=-(2**31), lt=2**31), AS_INT] = 0
     deadlineMs: Opt[Millis] = None
+    budgetUsd: Opt[Usd] = None
 
 
 class ClaimIn(_In):

@@ -29,6 +29,7 @@ from django.http import HttpRequest, HttpResponseBase
 
 from tidebase_core.auth import Principal
 from tidebase_core.exceptions import DomainError, Forbidden, Unauthorized
+from tidebase_core.metrics import ROUTE_ENVIRON
 from tidebase_core.wire import error_response
 
 PUBLIC = None
@@ -74,6 +75,11 @@ ROUTE_SCOPES: dict[str, str | None] = {
     "list_schedules": "operator",
     "set_schedule": "operator",
     "delete_schedule": "operator",
+    # budgets (changed in the dashboard, by admins)
+    "check_budget": "agent",
+    "list_budgets": "operator",
+    # operations
+    "metrics": "operator",  # GET /metrics: Prometheus figures of every run, queue and webhook
 }
 
 TOKEN_ROUTES = frozenset({"resolve_gate"})
@@ -133,6 +139,7 @@ def scoped(operation_id: str) -> Callable[[Callable[..., HttpResponseBase]], Cal
     def decorate(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
         @functools.wraps(view)
         def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+            request.META[ROUTE_ENVIRON] = operation_id  # the gateway's route label (tidebase_core.metrics)
             refused = refusal(request, operation_id)
             if refused is not None:
                 return error_response(refused)

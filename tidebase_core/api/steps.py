@@ -5,10 +5,12 @@ import uuid
 from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
-from tidebase_core import wire
+from tidebase_core import metrics, wire
 from tidebase_core.api.common import seg
 from tidebase_core.api.schemas import StepBeginIn, StepCompleteIn, StepFailIn
+from tidebase_core.exceptions import BudgetParked
 from tidebase_core.selectors import runs as selectors
+from tidebase_core.services import budgets
 from tidebase_core.services import steps as services
 
 router = Router(tags=["steps"])
@@ -30,6 +32,17 @@ def begin_body(run_id: str, payload: StepBeginIn) -> dict[str, object]:
         owner=payload.leaseOwner or str(uuid.uuid4()),
         explicit_owner=payload.leaseOwner is not None,
     )
+    if result.action == "parked":
+        assert result.parked is not None
+        answer = budgets.parked_answer(result.parked)
+        if payload.onBudget == "park":
+            return answer
+        raise BudgetParked(
+            f"the run is parked at its budget ({result.parked.budget.get('scope')}): "
+            "an operator must approve its budget gate or raise the limit",
+            gate=answer["gate"],
+            budget=answer["budget"],
+        )
     body: dict[str, object] = {"action": result.action}
     if result.step is not None:
         body["step"] = wire.step_out(result.step)
@@ -59,6 +72,7 @@ def complete_step(request: HttpRequest, run_id: str, step_id: str, payload: Step
 def complete_body(run_id: str, step_id: str, payload: StepCompleteIn) -> dict[str, object]:
     """Checkpoint a step's output and shape the answer; shared with the WSGI hot path."""
     step = services.step_complete(run_id=run_id, step_id=step_id, owner=payload.leaseOwner, output=payload.output)
+    metrics.step_completed(step)
     return {"step": wire.step_out(step)}
 
 

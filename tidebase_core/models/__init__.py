@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tidebase_core.models.budgets import BudgetLimit, BudgetScope, BudgetSpend, BudgetVersion
+from tidebase_core.models.costs import CostDaily
 from tidebase_core.models.gates import Gate, GateStatus
 from tidebase_core.models.keys import ApiKey, IdempotencyKey, KeyScope
 from tidebase_core.models.outbox import ChannelDelivery, DeliveryStatus, RecoveryAttempt
@@ -13,8 +15,13 @@ from tidebase_core.models.usage import UsageDaily, UsageRecord, UsageRunTotal
 
 __all__ = [
     "ApiKey",
+    "BudgetLimit",
+    "BudgetScope",
+    "BudgetSpend",
+    "BudgetVersion",
     "Channel",
     "ChannelDelivery",
+    "CostDaily",
     "DeliveryStatus",
     "Event",
     "Gate",

@@ -47,6 +47,21 @@ class Run(models.Model):
     cancel_reason = models.TextField(null=True, blank=True)
     cancel_actor = models.TextField(null=True, blank=True)
     failure_class = models.TextField(null=True, blank=True)
+    budget_usd = models.DecimalField(
+        max_digits=20,
+        decimal_places=10,
+        null=True,
+        blank=True,
+        help_text="The run's own budget in USD (NULL: none); raised by approving its budget gate.",
+    )
+    budget_allowance_usd = models.DecimalField(
+        max_digits=30,
+        decimal_places=10,
+        null=True,
+        blank=True,
+        help_text="Approved allowance past the shared (workflow, global) budgets: the run may go on "
+        "until its own spend reaches this.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     completed_at = models.DateTimeField(null=True, blank=True)

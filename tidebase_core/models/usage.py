@@ -94,6 +94,13 @@ class UsageRunTotal(models.Model):
     output_tokens = models.BigIntegerField(default=0)
     total_tokens = models.BigIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=30, decimal_places=10, default=0)
+    # Cost figures (models.costs), kept by the trigger on tb_run: what resumes saved by returning
+    # completed model steps from checkpoints, and the run's cost counted when it failed or was
+    # cancelled (taken back out if it is begun again).
+    saved_usd = models.DecimalField(max_digits=30, decimal_places=10, db_default=0)
+    outcome = models.CharField(max_length=16, null=True, blank=True)
+    outcome_day = models.DateField(null=True, blank=True)
+    outcome_cost = models.DecimalField(max_digits=30, decimal_places=10, null=True, blank=True)
 
     class Meta:
         db_table = "tb_usage_run"

@@ -102,6 +102,7 @@ def run_json(a: str) -> str:
             ("createdAt", ts_sql(f"{a}.created_at")),
             ("updatedAt", ts_sql(f"{a}.updated_at")),
             ("completedAt", ts_sql(f"{a}.completed_at")),
+            ("budgetUsd", num_sql(f"{a}.budget_usd")),
         ]
     )
 

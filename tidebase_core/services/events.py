@@ -8,16 +8,16 @@ from tidebase_core.auth import OPEN_SCOPE, RESOLVER_SCOPES, auth_required
 from tidebase_core.db import jsonb
 from tidebase_core.ids import delivery_id
 from tidebase_core.outbox import after_commit
+from tidebase_core.services.lean_sql import event_insert_sql, event_row
 from tidebase_core.wire import SET_BY
 
 # One statement: bump the run's event counter (taking the run row lock, which serializes
 # writers of this run's log so sequence numbers are gap-free and strictly ordered) and insert
 # the event with that number. A trigger (migration 0002) NOTIFYs listeners; Postgres delivers
 # notifications only at commit, so subscribers never see an event that was rolled back.
-APPEND_SQL = """
+APPEND_SQL = f"""
 WITH s AS (UPDATE tb_run SET event_seq = event_seq + 1 WHERE id = %s RETURNING id, event_seq)
-INSERT INTO tb_event (run_id, seq, type, payload, created_at)
-SELECT id, event_seq, %s, %s, now() FROM s RETURNING seq
+{event_insert_sql(event_row(run_id="id", seq="event_seq", type="%s", payload="%s", sources="s"))} RETURNING seq
 """
 
 # Outbox rows for the run's channels that subscribe to this event type, in one statement. A

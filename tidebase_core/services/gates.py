@@ -10,9 +10,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.db.models.functions import Now
 
-from tidebase_core import wire
+from tidebase_core import metrics, wire
 from tidebase_core.exceptions import GateAlreadyResolved, InvalidToken, NotFound, RunCancelled, RunNotFound
-from tidebase_core.models import Gate, Run
+from tidebase_core.models import Gate, GateStatus, Run, RunStatus
 from tidebase_core.services.events import event_append, notify_channels
 from tidebase_core.services.time import db_now
 
@@ -33,7 +33,7 @@ def gate_begin(
     run = Run.objects.filter(id=run_id).values_list("status", flat=True).first()
     if run is None:
         raise RunNotFound()
-    if run == "cancelled":
+    if run == RunStatus.CANCELLED:
         raise RunCancelled("run is cancelled")
     existing = Gate.objects.filter(run_id=run_id, name=name).first()
     if existing is not None:
@@ -53,7 +53,11 @@ def gate_begin(
 
 
 @transaction.atomic(durable=True)
-def _gate_create(
+def _gate_create(**fields: Any) -> Gate:
+    return gate_insert(**fields)
+
+
+def gate_insert(
     *,
     run_id: str,
     name: str,
@@ -63,6 +67,8 @@ def _gate_create(
     capability: Any,
     timeout_ms: int | None,
 ) -> Gate:
+    """Insert the gate with its ``gate.created`` event and channel deliveries, inside the
+    caller's transaction (``gate_begin`` opens its own; a budget park holds the run's lock)."""
     now = db_now()
     gate = Gate.objects.create(
         run_id=run_id,
@@ -87,27 +93,23 @@ def _gate_create(
     return gate
 
 
-def gate_get(*, run_id: str, gate_id: str) -> tuple[Gate, str, dt.datetime]:
-    """A gate of a run, the run's status (for cancellation detection) and the database clock.
-    Raises NotFound.
-
-    A pending gate past its ``timeout_at`` is cancelled here too (decision ``canceled``, actor
-    ``timeout``), so a waiting client sees the timeout even between reconciler ticks."""
-    gate = Gate.objects.select_related("run").filter(id=gate_id, run_id=run_id).annotate(db_now=Now()).first()
-    if gate is None:
-        raise NotFound("gate not found")
-    if gate.status == "pending" and gate.timeout_at is not None and gate.timeout_at <= gate.db_now:
-        with contextlib.suppress(GateAlreadyResolved, InvalidToken):
-            gate_resolve(**_timeout_resolution(gate.run_id, gate.id))
-        return gate_get(run_id=run_id, gate_id=gate_id)
-    return gate, gate.run.status, gate.db_now
+def gate_expire_if_due(*, gate: Gate, now: dt.datetime) -> bool:
+    """Cancel ``gate`` (decision ``canceled``, actor ``timeout``) if it is pending and its
+    ``timeout_at`` is at or before ``now``, so a waiting client sees the timeout even between
+    reconciler ticks. Returns whether it was due: the stored gate has changed (by this call or a
+    concurrent decision) and should be read again. Raises NotFound if the gate is gone."""
+    if gate.status != GateStatus.PENDING or gate.timeout_at is None or gate.timeout_at > now:
+        return False
+    with contextlib.suppress(GateAlreadyResolved, InvalidToken):
+        gate_resolve(**_timeout_resolution(gate.run_id, gate.id))
+    return True
 
 
 def _timeout_resolution(run_id: str, gate_id: str) -> dict[str, Any]:
     return {
         "run_id": run_id,
         "gate_id": gate_id,
-        "decision": "canceled",
+        "decision": GateStatus.CANCELED,
         "token": None,
         "actor": "timeout",
         "payload": {"reason": "timeout"},
@@ -132,7 +134,7 @@ def gate_resolve(
     the token, when the caller is authorized by the token alone). Whatever mix of dashboard
     clicks, API calls and token links races, one wins; the others get GateAlreadyResolved or
     InvalidToken (409) and change nothing. Emits ``gate.resolved`` and its channel event."""
-    match = Q(id=gate_id, run_id=run_id, status="pending")
+    match = Q(id=gate_id, run_id=run_id, status=GateStatus.PENDING)
     if require_token or token:
         match &= Q(resolve_token=token or "")
     updated = Gate.objects.filter(match).update(
@@ -148,7 +150,7 @@ def gate_resolve(
     if gate is None:
         raise NotFound("gate not found")
     if updated != 1:
-        if gate.status != "pending":
+        if gate.status != GateStatus.PENDING:
             raise GateAlreadyResolved(
                 f"gate already {gate.status} by {gate.actor or gate.decided_by or 'someone'}",
                 gate={"id": gate.id, "status": gate.status, "decision": gate.decision, "actor": gate.actor},
@@ -163,6 +165,11 @@ def gate_resolve(
         gate_id=gate.id,
         inline_channels=gate.channels,
     )
+    transaction.on_commit(lambda: metrics.gate_resolved(gate))  # its wait, once the decision holds
+    if gate.name.startswith("budget:"):
+        from tidebase_core.services.budgets import on_gate_resolved  # budgets opens gates: imported late
+
+        on_gate_resolved(gate)  # approve: raise the run's budget or allow it more; reject: fail the run
     return gate
 
 
@@ -170,7 +177,7 @@ def gate_expire_due(*, limit: int = 100) -> int:
     """Cancel pending gates whose timeout has passed (the reconciler calls this). Each gate
     resolves through the same exactly-once update as a human decision."""
     due = list(
-        Gate.objects.filter(status="pending", timeout_at__lte=Now())
+        Gate.objects.filter(status=GateStatus.PENDING, timeout_at__lte=Now())
         .order_by("timeout_at")
         .values_list("id", "run_id")[:limit]
     )

@@ -1,64 +1,37 @@
-"""Queues and schedules (PROTOCOL.md §10-§11): enqueue with dedupe, pull claims, queue caps,
-push invitations and cron schedules. Tidebase decides *when* a run may execute; it never
-executes it."""
+"""Queues (PROTOCOL.md §10): enqueue with dedupe, pull claims under the queue caps, and queue
+configuration. Tidebase decides *when* a run may execute; it never executes it. Schedules are in
+``services.schedules``, push invitations in ``services.push``, reads in ``selectors.queues``."""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
+from decimal import Decimal
 from typing import Any
 
-from cronsim import CronSim, CronSimError
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 
 from tidebase_core import ids, wire
 from tidebase_core.db import RUN_JSON, Row, fetch_one, fetch_rows, jsonb
-from tidebase_core.exceptions import InvalidRequest, NotFound
-from tidebase_core.models import QueueConfig, Run, Schedule
+from tidebase_core.exceptions import InvalidRequest
+from tidebase_core.models import QueueConfig, Run, RunStatus
 from tidebase_core.realtime import QUEUE_CHANNEL
+from tidebase_core.selectors.queues import claimed_last_minute, running_in_queue
 from tidebase_core.services.events import event_append
 from tidebase_core.services.idempotency import claim_key
-from tidebase_core.services.runs import insert_channels, recovery_record
-from tidebase_core.services.time import db_now
-
-PUSH_REDELIVERY = dt.timedelta(seconds=60)
-"""A pushed run stays ``queued`` until its worker begins it; it is invited again after this."""
-PUSH_BATCH = 10
-CRON_HORIZON_YEARS = 5
-
-
-# --- cron ---------------------------------------------------------------------------------------
-
-
-def cron_next(expr: str, after: dt.datetime) -> dt.datetime:
-    """The next whole minute strictly after ``after`` matching a 5-field UTC cron (cronsim;
-    Vixie semantics: restricted day-of-month and day-of-week match if either matches).
-    Raises InvalidRequest saying why an expression is invalid."""
-    fields = expr.split()
-    if len(fields) != 5:
-        raise InvalidRequest(f"cron must have exactly 5 fields, got {len(fields)}", field="cron")
-    start = after.astimezone(dt.UTC).replace(second=0, microsecond=0)
-    try:
-        fire: dt.datetime = next(CronSim(" ".join(fields), start))
-    except CronSimError as exc:
-        raise InvalidRequest(f"invalid cron expression: {exc}", field="cron") from None
-    except StopIteration:
-        raise InvalidRequest("cron expression never fires", field="cron") from None
-    if fire.year > after.year + CRON_HORIZON_YEARS:
-        raise InvalidRequest("cron expression does not fire within 5 years", field="cron")
-    return fire
-
+from tidebase_core.services.runs import insert_channels
 
 # --- enqueue ------------------------------------------------------------------------------------
 
 ENQUEUE_SQL = """
 INSERT INTO tb_run (id, workflow_name, input, metadata, status, recovery_webhook, attempt, event_seq,
-                    queue_name, dedupe_key, priority, run_at, max_attempts, deadline_at, created_at, updated_at)
+                    queue_name, dedupe_key, priority, run_at, max_attempts, deadline_at, budget_usd, created_at,
+                    updated_at)
 VALUES (%(id)s, %(wf)s, %(input)s, %(metadata)s, 'queued', %(webhook)s, 0, 0, %(queue)s, %(dedupe)s,
         %(priority)s, COALESCE(%(run_at)s, now() + %(delay_ms)s * interval '1 millisecond'), %(max_attempts)s,
         CASE WHEN %(deadline_ms)s::bigint IS NULL THEN NULL ELSE now() + %(deadline_ms)s * interval '1 millisecond' END,
-        now(), now())
+        %(budget)s::numeric, now(), now())
 ON CONFLICT (queue_name, dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running')
 DO NOTHING
 RETURNING *, queue_name AS queue
@@ -80,6 +53,7 @@ def enqueue(
     priority: int = 0,
     deadline_ms: int | None = None,
     idempotency: tuple[str, str] | None = None,
+    budget_usd: Decimal | None = None,
 ) -> tuple[Row | Run, bool]:
     """Insert a ``queued`` run, or return the active run holding ``(queue, dedupe_key)``.
 
@@ -102,6 +76,7 @@ def enqueue(
             priority=priority,
             deadline_ms=deadline_ms,
             idempotency=idempotency,
+            budget_usd=budget_usd,
         )
         if result is not None:
             return result
@@ -124,6 +99,7 @@ def _enqueue_once(
     priority: int,
     deadline_ms: int | None,
     idempotency: tuple[str, str] | None,
+    budget_usd: Decimal | None = None,
 ) -> tuple[Row | Run, bool] | None:
     new_id = ids.run_id()
     if idempotency is not None:
@@ -145,12 +121,13 @@ def _enqueue_once(
             "delay_ms": delay_ms or 0,
             "max_attempts": max_attempts,
             "deadline_ms": deadline_ms,
+            "budget": budget_usd,
         },
         RUN_JSON,
     )
     if row is None:
         existing = (
-            Run.objects.filter(queue=queue, dedupe_key=dedupe_key, status__in=("queued", "running"))
+            Run.objects.filter(queue=queue, dedupe_key=dedupe_key, status__in=(RunStatus.QUEUED, RunStatus.RUNNING))
             .order_by("created_at")
             .first()
         )
@@ -227,18 +204,13 @@ def _capacity(queue: str, config: QueueConfig | None, remaining: int) -> int:
     if config is None:
         return capacity
     if config.concurrency is not None:
-        running = Run.objects.filter(queue=queue, status="running").count()
-        capacity = min(capacity, config.concurrency - running)
+        capacity = min(capacity, config.concurrency - running_in_queue(queue))
     if config.rate_per_minute is not None:
-        row = fetch_one(
-            "SELECT count(*) AS n FROM tb_run WHERE queue_name = %s AND claimed_at > now() - interval '60 seconds'",
-            [queue],
-        )
-        capacity = min(capacity, config.rate_per_minute - (row.n if row else 0))
+        capacity = min(capacity, config.rate_per_minute - claimed_last_minute(queue))
     return capacity
 
 
-# --- queue config and stats ---------------------------------------------------------------------
+# --- configuration ------------------------------------------------------------------------------
 
 
 @transaction.atomic(durable=True)
@@ -265,168 +237,3 @@ def queue_configure(
         config.paused = paused
     config.save()
     return config
-
-
-def queue_stats() -> list[dict[str, Any]]:
-    """Counts by status per queue that has runs, plus configured queues with none (§10.3)."""
-    rows = fetch_rows(
-        """SELECT queue_name AS name,
-                  count(*) FILTER (WHERE status = 'queued') AS queued,
-                  count(*) FILTER (WHERE status = 'running') AS running,
-                  count(*) FILTER (WHERE status = 'failed') AS failed,
-                  count(*) FILTER (WHERE status = 'completed') AS completed,
-                  count(*) FILTER (WHERE status = 'cancelled') AS cancelled
-           FROM tb_run WHERE queue_name IS NOT NULL GROUP BY queue_name ORDER BY queue_name""",
-        [],
-    )
-    configs = {c.name: c for c in QueueConfig.objects.all()}
-    out = [
-        {
-            "name": r.name,
-            "queued": r.queued,
-            "running": r.running,
-            "failed": r.failed,
-            "completed": r.completed,
-            "cancelled": r.cancelled,
-            "config": wire.queue_config_out(configs[r.name]) if r.name in configs else None,
-        }
-        for r in rows
-    ]
-    seen = {r.name for r in rows}
-    out.extend(
-        {
-            "name": name,
-            "queued": 0,
-            "running": 0,
-            "failed": 0,
-            "completed": 0,
-            "cancelled": 0,
-            "config": wire.queue_config_out(config),
-        }
-        for name, config in sorted(configs.items())
-        if name not in seen
-    )
-    return out
-
-
-# --- schedules ----------------------------------------------------------------------------------
-
-
-@transaction.atomic(durable=True)
-def schedule_set(
-    *,
-    name: str,
-    cron: str,
-    workflow_name: str,
-    input: Any = None,
-    queue: str = "default",
-    max_attempts: int = 1,
-    enabled: bool = True,
-) -> Schedule:
-    """Full replace (§11.1); ``nextRunAt`` is recomputed from now. An invalid cron is a 400
-    that says why, and nothing is stored. The row is made to exist (``ON CONFLICT DO NOTHING``),
-    then locked and replaced: of concurrent PUTs, the last to lock wins, whole."""
-    next_run_at = cron_next(cron, db_now())
-    Schedule.objects.bulk_create([Schedule(name=name, cron=cron, workflow_name=workflow_name)], ignore_conflicts=True)
-    schedule = Schedule.objects.select_for_update().get(name=name)
-    schedule.cron = cron
-    schedule.workflow_name = workflow_name
-    schedule.input = {} if input is None else input
-    schedule.queue = queue
-    schedule.max_attempts = max_attempts
-    schedule.enabled = enabled
-    schedule.next_run_at = next_run_at
-    schedule.save()
-    return schedule
-
-
-def schedule_delete(*, name: str) -> None:
-    deleted, _ = Schedule.objects.filter(name=name).delete()
-    if not deleted:
-        raise NotFound("schedule not found")
-
-
-def schedules_fire_due(*, limit: int = 100) -> int:
-    """Enqueue every enabled schedule whose ``nextRunAt`` has passed, exactly once per fire
-    time: the schedule row is claimed with ``FOR UPDATE SKIP LOCKED`` and its ``nextRunAt`` moved
-    past now in the same transaction as the run insert, so two racing ticks cannot both fire
-    it. After downtime a schedule fires once for the missed period (the most recent due fire
-    time is not tracked separately) and then resumes at the next fire after now; missed fires
-    are not replayed one by one."""
-    fired = 0
-    for _ in range(limit):
-        if not _fire_one():
-            break
-        fired += 1
-    return fired
-
-
-@transaction.atomic(durable=True)
-def _fire_one() -> bool:
-    schedule = (
-        Schedule.objects.select_for_update(skip_locked=True)
-        .filter(enabled=True, next_run_at__lte=db_now())
-        .order_by("next_run_at")
-        .first()
-    )
-    if schedule is None:
-        return False
-    now = db_now()
-    assert schedule.next_run_at is not None
-    fire_time = wire.ts(schedule.next_run_at)
-    try:
-        with transaction.atomic():
-            Run.objects.create(
-                workflow_name=schedule.workflow_name,
-                input=schedule.input,
-                status="queued",
-                queue=schedule.queue,
-                dedupe_key=f"sched:{schedule.name}:{fire_time}",
-                run_at=now,
-                max_attempts=schedule.max_attempts,
-                metadata={"schedule": schedule.name, "fireTime": fire_time},
-            )
-    except IntegrityError:
-        pass  # this fire time already has an active run
-    schedule.last_enqueued_at = now
-    schedule.next_run_at = cron_next(schedule.cron, now)
-    schedule.save(update_fields=["last_enqueued_at", "next_run_at", "updated_at"])
-    return True
-
-
-# --- push mode ----------------------------------------------------------------------------------
-
-
-def push_dispatch_due() -> int:
-    """Invite workers of push-mode queues (§9.4): for each queue with an ``invokeUrl``, up to
-    ``min(10, concurrency - running)`` ready runs get a ``run.invoke`` outbox row and their
-    ``runAt`` moved to now + 60 s (the redelivery horizon). The run stays ``queued`` until the
-    worker begins it, so a duplicate invitation is harmless."""
-    sent = 0
-    for config in QueueConfig.objects.filter(invoke_url__isnull=False, paused=False):
-        sent += _push_queue(config.name)
-    return sent
-
-
-@transaction.atomic(durable=True)
-def _push_queue(queue: str) -> int:
-    config = QueueConfig.objects.select_for_update().filter(name=queue).first()
-    if config is None or not config.invoke_url:
-        return 0
-    capacity = PUSH_BATCH
-    if config.concurrency is not None:
-        running = Run.objects.filter(queue=queue, status="running").count()
-        capacity = min(capacity, config.concurrency - running)
-    if capacity <= 0:
-        return 0
-    runs = list(
-        Run.objects.select_for_update(skip_locked=True)
-        .filter(queue=queue, status="queued", run_at__lte=db_now())
-        .order_by("-priority", "run_at", "id")[:capacity]
-    )
-    now = db_now()
-    for run in runs:
-        run.run_at = now + PUSH_REDELIVERY
-        run.save(update_fields=["run_at", "updated_at"])
-        recovery_record(run, reason="queue_dispatch", type="run.invoke", url=config.invoke_url)
-    return len(runs)

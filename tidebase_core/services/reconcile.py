@@ -17,8 +17,8 @@ from django.db import transaction
 
 from tidebase_core import protocol
 from tidebase_core.db import fetch_rows
-from tidebase_core.models import RecoveryAttempt, Run
-from tidebase_core.services import queues
+from tidebase_core.models import RecoveryAttempt, Run, RunStatus
+from tidebase_core.services import budgets, push, schedules
 from tidebase_core.services.events import event_append
 from tidebase_core.services.gates import gate_expire_due
 from tidebase_core.services.runs import recovery_record
@@ -37,13 +37,13 @@ def _expire_one(run_id: str) -> str | None:
     """Handle one run whose lease has expired; re-checked under the row lock."""
     run = Run.objects.select_for_update(no_key=True).filter(id=run_id).first()
     now = db_now()
-    if run is None or run.status != "running" or run.lease_expires_at is None or run.lease_expires_at > now:
+    if run is None or run.status != RunStatus.RUNNING or run.lease_expires_at is None or run.lease_expires_at > now:
         return None
     if run.queue is not None:
         run.lease_owner = None
         run.lease_expires_at = None
         if run.attempt < run.max_attempts:
-            run.status = "queued"
+            run.status = RunStatus.QUEUED
             run.run_at = now + dt.timedelta(milliseconds=protocol.requeue_backoff_ms(run.attempt))
             run.save(update_fields=["status", "lease_owner", "lease_expires_at", "run_at", "updated_at"])
             event_append(
@@ -52,7 +52,7 @@ def _expire_one(run_id: str) -> str | None:
                 payload={"reason": "lease_expired", "attempt": run.attempt, "maxAttempts": run.max_attempts},
             )
             return "requeued"
-        run.status = "failed"
+        run.status = RunStatus.FAILED
         run.failure_class = "max_retries"
         run.error = {"message": "lease expired with no attempts remaining"}
         run.save(update_fields=["status", "lease_owner", "lease_expires_at", "failure_class", "error", "updated_at"])
@@ -90,11 +90,11 @@ def expire_leases(*, limit: int = BATCH) -> dict[str, int]:
 def _deadline_cancel_one(run_id: str) -> bool:
     run = Run.objects.select_for_update(no_key=True).filter(id=run_id).first()
     now = db_now()
-    if run is None or run.status not in ("pending", "queued", "running"):
+    if run is None or run.status not in (RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING):
         return False
     if run.deadline_at is None or run.deadline_at >= now:
         return False
-    run.status = "cancelled"
+    run.status = RunStatus.CANCELLED
     run.cancel_reason = "deadline"
     run.cancel_actor = "reconciler"
     run.cancel_requested_at = run.cancel_requested_at or now
@@ -135,9 +135,10 @@ def reconcile_tick() -> dict[str, Any]:
     duties: dict[str, Callable[[], Any]] = {
         "leases": expire_leases,
         "deadlines": cancel_past_deadline,
-        "schedules": queues.schedules_fire_due,
-        "push": queues.push_dispatch_due,
+        "schedules": schedules.schedules_fire_due,
+        "push": push.push_dispatch_due,
         "gate_timeouts": gate_expire_due,
+        "budget_periods": budgets.lift_ended_periods,  # a run parked at yesterday's budget goes on
     }
     for name, duty in duties.items():
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -20,10 +21,11 @@ from tidebase_core.exceptions import (
     RunLeased,
     RunNotFound,
 )
-from tidebase_core.models import Channel, RecoveryAttempt, Run, RunEdge
+from tidebase_core.models import Channel, RecoveryAttempt, Run, RunEdge, RunStatus
 from tidebase_core.outbox import after_commit
 from tidebase_core.selectors.runs import run_json, ts_sql
 from tidebase_core.services.events import event_append, notify_channels
+from tidebase_core.services.lean_sql import event_insert_sql, event_row
 from tidebase_core.services.time import db_now, lease_delta
 
 
@@ -39,6 +41,7 @@ def _insert_run(
     recovery_webhook: str | None,
     channels: list[dict[str, Any]] | None,
     run_id: str | None = None,
+    budget_usd: Decimal | None = None,
 ) -> Run:
     run = Run.objects.create(
         id=run_id or ids.run_id(),
@@ -46,6 +49,7 @@ def _insert_run(
         input={} if input is None else input,
         metadata=metadata or {},
         recovery_webhook=recovery_webhook,
+        budget_usd=budget_usd,
     )
     insert_channels(run.id, channels)
     return run
@@ -74,7 +78,7 @@ def insert_channels(run_id: str, channels: list[dict[str, Any]] | None) -> None:
 # ``run.created``. A key another request holds makes ``k`` empty, so nothing is inserted; the
 # caller then reads that request's run (ON CONFLICT has waited for it to commit). Channels keep
 # the order they were given in: ``created_at`` grows by a microsecond per channel.
-CREATE_SQL = """
+CREATE_SQL = f"""
 WITH k AS (
   INSERT INTO tb_idempotency_key (scope, key, resource_id, created_at)
   SELECT %(scope)s::text, %(key)s::text, %(id)s::text, now() WHERE %(key)s::text IS NOT NULL
@@ -83,8 +87,9 @@ WITH k AS (
 ),
 run AS (
   INSERT INTO tb_run (id, workflow_name, input, metadata, status, recovery_webhook, attempt, event_seq,
-                      priority, max_attempts, created_at, updated_at)
-  SELECT %(id)s::text, %(workflow)s::text, %(input)s, %(metadata)s, 'pending', %(webhook)s, 0, 1, 0, 1, now(), now()
+                      priority, max_attempts, budget_usd, created_at, updated_at)
+  SELECT %(id)s::text, %(workflow)s::text, %(input)s, %(metadata)s, 'pending', %(webhook)s, 0, 1, 0, 1,
+         %(budget)s::numeric, now(), now()
   WHERE %(key)s::text IS NULL OR EXISTS (SELECT 1 FROM k)
   RETURNING id, created_at
 ),
@@ -94,14 +99,18 @@ ch AS (
          run.created_at + (n - 1) * interval '1 microsecond'
   FROM run, jsonb_array_elements(%(channels)s) WITH ORDINALITY AS cs(c, n)
 ),
-ev AS (
-  INSERT INTO tb_event (run_id, seq, type, payload, created_at)
-  SELECT run.id, 1, 'run.created',
-         jsonb_build_object('workflowName', %(workflow)s::text, 'input', %(input)s::jsonb,
-                            'channels', %(public)s::jsonb),
-         now()
-  FROM run
-)
+ev AS ({
+    event_insert_sql(
+        event_row(
+            run_id="run.id",
+            seq="1",
+            type="'run.created'",
+            payload="jsonb_build_object('workflowName', %(workflow)s::text, 'input', %(input)s::jsonb, "
+            "'channels', %(public)s::jsonb)",
+            sources="run",
+        )
+    )
+})
 SELECT created_at FROM run
 """
 
@@ -114,9 +123,11 @@ def run_create(
     recovery_webhook: str | None = None,
     channels: list[dict[str, Any]] | None = None,
     idempotency: tuple[str, str] | None = None,
+    budget_usd: Decimal | None = None,
 ) -> Run:
     """Create a ``pending`` run with its channels; emits ``run.created`` (secrets omitted).
-    With ``idempotency=(scope, key)`` a retried create returns the run the first one made."""
+    With ``idempotency=(scope, key)`` a retried create returns the run the first one made.
+    ``budget_usd``: the run's own budget (services.budgets)."""
     new_id = ids.run_id()
     input = {} if input is None else input
     metadata = metadata or {}
@@ -143,6 +154,7 @@ def run_create(
             "public": jsonb(_public_channels(channels)),
             "scope": scope,
             "key": key,
+            "budget": budget_usd,
         },
     )
     if not rows:
@@ -154,7 +166,8 @@ def run_create(
         input=input,
         metadata=metadata,
         recovery_webhook=recovery_webhook,
-        status="pending",
+        budget_usd=budget_usd,
+        status=RunStatus.PENDING,
         event_seq=1,
         created_at=created,
         updated_at=created,
@@ -184,7 +197,7 @@ def _locked_run(run_id: str) -> tuple[Run, dt.datetime]:
 # writer of the run takes first, see services.events) and decide on the locked, latest version
 # of it; the UPDATE then writes that version. Each answers the run with the table's own column
 # names plus ``queue`` (the model's name for ``queue_name``, read by ``wire.run_out``).
-BEGIN_SQL = """
+BEGIN_SQL = f"""
 WITH r AS (SELECT * FROM tb_run WHERE id = %(run)s FOR NO KEY UPDATE),
 d AS (
   SELECT r.*, CASE
@@ -201,10 +214,17 @@ upd AS (
   FROM d WHERE t.id = d.id AND d.action = 'acquire'
   RETURNING t.*
 ),
-ev AS (
-  INSERT INTO tb_event (run_id, seq, type, payload, created_at)
-  SELECT id, event_seq, 'run.started', jsonb_build_object('leaseOwner', %(owner)s::text), now() FROM upd
-)
+ev AS ({
+    event_insert_sql(
+        event_row(
+            run_id="id",
+            seq="event_seq",
+            type="'run.started'",
+            payload="jsonb_build_object('leaseOwner', %(owner)s::text)",
+            sources="upd",
+        )
+    )
+})
 SELECT upd.*, upd.queue_name AS queue, 'acquire' AS action FROM upd
 UNION ALL
 SELECT r.*, r.queue_name, d.action FROM r, d WHERE NOT EXISTS (SELECT 1 FROM upd)
@@ -233,14 +253,14 @@ def run_begin(*, run_id: str, owner: str | None = None) -> tuple[Row, str]:
 def run_heartbeat(*, run_id: str, owner: str) -> Run:
     """Renew a run lease held by ``owner`` (compare-and-set, one statement). Raises
     RunNotFound, or LeaseLost with code ``run_cancelled``/``lease_lost``."""
-    updated = Run.objects.filter(id=run_id, status="running", lease_owner=owner).update(
+    updated = Run.objects.filter(id=run_id, status=RunStatus.RUNNING, lease_owner=owner).update(
         lease_expires_at=Now() + lease_delta(), updated_at=Now()
     )
     run = Run.objects.filter(id=run_id).first()
     if run is None:
         raise RunNotFound()
     if updated != 1:
-        if run.status == "cancelled":
+        if run.status == RunStatus.CANCELLED:
             raise RunCancelled("lease lost", run=wire.run_out(run))
         raise LeaseLost("lease lost", run=wire.run_out(run))
     return run
@@ -268,10 +288,17 @@ upd AS (
   FROM r WHERE t.id = r.id AND r.status NOT IN ('cancelled', 'completed')
   RETURNING t.*
 ),
-ev AS (
-  INSERT INTO tb_event (run_id, seq, type, payload, created_at)
-  SELECT id, event_seq, 'run.completed', jsonb_build_object('result', %(result)s::jsonb), now() FROM upd
-),
+ev AS ({
+    event_insert_sql(
+        event_row(
+            run_id="id",
+            seq="event_seq",
+            type="'run.completed'",
+            payload="jsonb_build_object('result', %(result)s::jsonb)",
+            sources="upd",
+        )
+    )
+}),
 dl AS ({_deliveries("run.completed", f"jsonb_build_object('run', {run_json('upd')})")})
 SELECT upd.*, upd.queue_name AS queue, ARRAY(SELECT id FROM dl) AS deliveries FROM upd
 UNION ALL
@@ -295,13 +322,16 @@ def run_complete(*, run_id: str, result: Any) -> Row:
 # 2^max(0, attempt - 1))`` ms, as protocol.requeue_backoff_ms); otherwise it fails with
 # ``run.failed``, its channel event and, with a recovery webhook, a ``run.resume`` outbox row
 # and ``recovery.started`` (the event after ``run.failed``). Cancelled and completed runs are
-# left untouched (a late fail never flips a completed run: our fix of §18.1).
+# left untouched (a late fail never flips a completed run: our fix of §18.1), and so is a run an
+# operator stopped at its budget (``budget_exceeded``): the client that was waiting reports its
+# own failure afterwards, which must not replace the code.
 FAILED_PAYLOAD = f"jsonb_build_object('run', {run_json('upd')}, 'error', %(error)s::jsonb)"
 FAIL_SQL = f"""
 WITH r AS (SELECT * FROM tb_run WHERE id = %(run)s FOR NO KEY UPDATE),
 d AS (
   SELECT id,
          CASE WHEN status IN ('cancelled', 'completed') THEN 'none'
+              WHEN status = 'failed' AND failure_class = 'budget_exceeded' THEN 'none'
               WHEN queue_name IS NOT NULL AND attempt < max_attempts THEN 'requeue'
               ELSE 'fail' END AS action,
          CASE WHEN COALESCE(recovery_webhook, '') <> '' THEN 1 ELSE 0 END AS recover
@@ -330,22 +360,34 @@ rec AS (
   FROM upd WHERE action = 'fail' AND recover = 1
   RETURNING id, run_id
 ),
-ev AS (
-  INSERT INTO tb_event (run_id, seq, type, payload, created_at)
-  SELECT id, event_seq - recover, 'run.failed',
-         jsonb_build_object('error', %(error)s::jsonb, 'failureClass', failure_class), now()
-  FROM upd WHERE action = 'fail'
-  UNION ALL
-  SELECT id, event_seq, 'run.requeued',
-         jsonb_build_object('error', %(error)s::jsonb, 'attempt', attempt, 'maxAttempts', max_attempts,
-                            'nextRunAt', {ts_sql("run_at")}),
-         now()
-  FROM upd WHERE action = 'requeue'
-  UNION ALL
-  SELECT run_id, (SELECT event_seq FROM upd), 'recovery.started',
-         jsonb_build_object('recoveryAttemptId', id, 'reason', 'run_failed'), now()
-  FROM rec
-),
+ev AS ({
+    event_insert_sql(
+        event_row(
+            run_id="id",
+            seq="event_seq - recover",
+            type="'run.failed'",
+            payload="jsonb_build_object('error', %(error)s::jsonb, 'failureClass', failure_class)",
+            sources="upd",
+            where="action = 'fail'",
+        ),
+        event_row(
+            run_id="id",
+            seq="event_seq",
+            type="'run.requeued'",
+            payload="jsonb_build_object('error', %(error)s::jsonb, 'attempt', attempt, 'maxAttempts', max_attempts, "
+            f"'nextRunAt', {ts_sql('run_at')})",
+            sources="upd",
+            where="action = 'requeue'",
+        ),
+        event_row(
+            run_id="run_id",
+            seq="(SELECT event_seq FROM upd)",
+            type="'recovery.started'",
+            payload="jsonb_build_object('recoveryAttemptId', id, 'reason', 'run_failed')",
+            sources="rec",
+        ),
+    )
+}),
 dl AS ({_deliveries("run.failed", FAILED_PAYLOAD, when="upd.action = 'fail'")})
 SELECT upd.*, upd.queue_name AS queue, ARRAY(SELECT id FROM dl) AS deliveries, (SELECT id FROM rec) AS recovery
 FROM upd
@@ -381,11 +423,11 @@ def run_cancel(*, run_id: str, reason: str | None = None, actor: str | None = No
     """Cancel a run: one-way and idempotent (§6.9). A completed run cannot be cancelled
     (409 ``run_completed``); a second cancel returns the run unchanged with no event."""
     run, now = _locked_run(run_id)
-    if run.status == "cancelled":
+    if run.status == RunStatus.CANCELLED:
         return run
-    if run.status == "completed":
+    if run.status == RunStatus.COMPLETED:
         raise RunCompleted("run already completed", run=wire.run_out(run))
-    run.status = "cancelled"
+    run.status = RunStatus.CANCELLED
     run.cancel_requested_at = run.cancel_requested_at or now
     run.cancelled_at = now
     run.completed_at = now
@@ -451,6 +493,7 @@ def child_create(
     channels: list[dict[str, Any]] | None = None,
     edge_type: str = "child",
     edge_metadata: dict[str, Any] | None = None,
+    budget_usd: Decimal | None = None,
 ) -> tuple[Run, RunEdge, bool]:
     """Create or reuse the child run behind edge ``name`` (§6.11). The parent row lock plus the
     unique (parent, name) index make concurrent creations of one edge yield one child."""
@@ -467,6 +510,7 @@ def child_create(
                 metadata=child_meta,
                 recovery_webhook=recovery_webhook,
                 channels=channels,
+                budget_usd=budget_usd,
             )
             edge = RunEdge.objects.create(
                 parent_run=parent,

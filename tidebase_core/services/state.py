@@ -12,7 +12,7 @@ from tidebase_core.exceptions import NotFound, RunNotFound
 from tidebase_core.models import Run, RunState, StateStream, StateVersion
 from tidebase_core.outbox import after_commit
 from tidebase_core.services.events import event_append
-from tidebase_core.services.lean_sql import channel_outbox_sql, compact, ts_sql
+from tidebase_core.services.lean_sql import channel_outbox_sql, compact, event_insert_sql, event_row, ts_sql
 
 
 def _stream_locked(run_id: str, name: str, *, target_type: str = "run", target_id: str | None = None) -> StateStream:
@@ -114,14 +114,18 @@ pv AS (
 bump AS (
   UPDATE tb_run t SET event_seq = t.event_seq + 1 FROM ver WHERE t.id = ver.run_id RETURNING t.id, t.event_seq
 ),
-ev AS (
-  INSERT INTO tb_event (run_id, seq, type, payload, created_at)
-  SELECT bump.id, bump.event_seq, 'state.updated',
-         jsonb_build_object('value', live.value, 'stateVersion', pv.v)
-           || CASE WHEN %(merge)s THEN jsonb_build_object('patch', %(value)s) ELSE '{{}}'::jsonb END,
-         now()
-  FROM bump, live, pv
-),
+ev AS ({
+    event_insert_sql(
+        event_row(
+            run_id="bump.id",
+            seq="bump.event_seq",
+            type="'state.updated'",
+            payload="jsonb_build_object('value', live.value, 'stateVersion', pv.v) || CASE WHEN %(merge)s "
+            "THEN jsonb_build_object('patch', %(value)s) ELSE '{}'::jsonb END",
+            sources="bump, live, pv",
+        )
+    )
+}),
 ch AS ({
     channel_outbox_sql(
         event_type="state.updated",

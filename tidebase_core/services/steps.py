@@ -11,9 +11,12 @@ from django.db import connection, transaction
 
 from tidebase_core import protocol
 from tidebase_core.db import STEP_JSON, Row, fetch_one, fetch_prepared, fetch_rows, jsonb, py
-from tidebase_core.exceptions import LeaseLost, RunNotFound
+from tidebase_core.exceptions import LeaseLost, RunNotFound, ServerBusy
 from tidebase_core.ids import step_id as new_step_id
+from tidebase_core.models import RunStatus, StepStatus
+from tidebase_core.services import budgets
 from tidebase_core.services.events import event_append, notify_channels
+from tidebase_core.services.lean_sql import compact, event_insert_sql, event_row
 from tidebase_core.wire import step_out
 
 # The run lease is renewed by any step call of its owner (our fix of §18.4). To keep replays
@@ -23,19 +26,27 @@ RENEW = """lease_expires_at = CASE
          AND t.lease_expires_at < now() + %(half)s * interval '1 millisecond'
     THEN now() + %(lease)s * interval '1 millisecond' ELSE t.lease_expires_at END"""
 
+# Whether a budget of the run ``r`` is reached (services.budgets): a new step is then not begun and
+# the run parks. Evaluated only when no step of that name exists (a replay is always answered, a
+# step that exists goes through ``_begin_locked``); with no budget it reads the (empty) limits.
+REACHED = budgets.reached_sql("r")
+
 # First begin or replay in one statement. ``ins`` only inserts when no step of that name is
 # visible; a concurrent first begin loses on the unique (run, name) index (DO NOTHING) and the
 # caller falls back to the locked path. The event's seq comes from the run row (``bump``).
 # ``commit`` sets synchronous_commit for this statement's own transaction: a first begin is a
 # lease, not a checkpoint, so by default it does not wait for the WAL flush (see
 # docs/decisions.md, "Step begins commit asynchronously"); completes always do.
-BEGIN_SQL = f"""
+BEGIN_SQL = compact(
+    f"""
 WITH r AS (
-  SELECT id, status, attempt, lease_owner,
+  SELECT id, status, attempt, lease_owner, workflow_name, budget_usd, budget_allowance_usd,
          (%(explicit)s AND status = 'running' AND lease_owner <> %(owner)s AND lease_expires_at > now()) AS stale
   FROM tb_run WHERE id = %(run)s
 ),
 existing AS (SELECT * FROM tb_step WHERE run_id = %(run)s AND name = %(name)s),
+b AS (SELECT CASE WHEN EXISTS (SELECT 1 FROM existing) OR r.status = 'cancelled' THEN false ELSE {REACHED} END AS over
+      FROM r),
 ins AS (
   INSERT INTO tb_step (id, run_id, name, input_hash, input, options, resume_contract, status,
                        lease_owner, lease_expires_at, lease_fence, attempt, started_at,
@@ -43,7 +54,7 @@ ins AS (
   SELECT %(step_id)s, r.id, %(name)s, %(hash)s, %(input)s, %(options)s, %(contract)s, 'running',
          %(owner)s, now() + %(lease)s * interval '1 millisecond',
          CASE WHEN r.lease_owner = %(owner)s THEN r.attempt END, 1, now(), now(), now()
-  FROM r WHERE r.status <> 'cancelled' AND NOT r.stale AND NOT EXISTS (SELECT 1 FROM existing)
+  FROM r, b WHERE r.status <> 'cancelled' AND NOT r.stale AND NOT b.over AND NOT EXISTS (SELECT 1 FROM existing)
   ON CONFLICT (run_id, name) DO NOTHING
   RETURNING *
 ),
@@ -51,15 +62,22 @@ bump AS (
   UPDATE tb_run t SET event_seq = t.event_seq + 1, {RENEW}
   FROM ins WHERE t.id = ins.run_id RETURNING t.event_seq
 ),
-ev AS (
-  INSERT INTO tb_event (run_id, seq, type, payload, created_at)
-  SELECT %(run)s, bump.event_seq, 'step.started', %(payload)s, now() FROM bump
-)
-SELECT r.status AS run_status, r.stale AS run_lease_elsewhere, (SELECT count(*) FROM ins) AS inserted, s.*
+ev AS ({
+        event_insert_sql(
+            event_row(
+                run_id="%(run)s", seq="bump.event_seq", type="'step.started'", payload="%(payload)s", sources="bump"
+            )
+        )
+    })
+SELECT r.status AS run_status, r.stale AS run_lease_elsewhere, (SELECT count(*) FROM ins) AS inserted,
+       (SELECT over FROM b) AS parked,
+       s.*
 FROM (SELECT set_config('synchronous_commit', COALESCE(%(commit)s, current_setting('synchronous_commit')), true)) one
 LEFT JOIN r ON true
 LEFT JOIN LATERAL (SELECT * FROM ins UNION ALL SELECT * FROM existing) s ON true
-"""
+""",
+    tight=True,
+)
 
 COMPLETE_SQL = f"""
 WITH r AS (SELECT id, attempt FROM tb_run WHERE id = %(run)s FOR NO KEY UPDATE),
@@ -75,15 +93,19 @@ bump AS (
   UPDATE tb_run t SET event_seq = t.event_seq + 1, {RENEW}
   FROM upd WHERE t.id = upd.run_id RETURNING t.event_seq
 ),
-ev AS (
-  INSERT INTO tb_event (run_id, seq, type, payload, created_at)
-  SELECT upd.run_id, bump.event_seq, 'step.completed',
-         jsonb_build_object('stepId', upd.id, 'name', upd.name,
-                            'checkpointInvariant', upd.resume_contract -> 'checkpointInvariant',
-                            'verifiedBy', upd.resume_contract -> 'verifiedBy'),
-         now()
-  FROM bump, upd
-)
+ev AS ({
+    event_insert_sql(
+        event_row(
+            run_id="upd.run_id",
+            seq="bump.event_seq",
+            type="'step.completed'",
+            payload="jsonb_build_object('stepId', upd.id, 'name', upd.name, "
+            "'checkpointInvariant', upd.resume_contract -> 'checkpointInvariant', "
+            "'verifiedBy', upd.resume_contract -> 'verifiedBy')",
+            sources="bump, upd",
+        )
+    )
+})
 SELECT * FROM upd
 """
 
@@ -94,6 +116,7 @@ class BeginResult:
     step: Row | None = None
     lease_owner: str | None = None
     expected_hash: str | None = None
+    parked: budgets.Parked | None = None
 
 
 def _lease_params(owner: str) -> dict[str, Any]:
@@ -111,12 +134,43 @@ def step_begin(
     owner: str,
     explicit_owner: bool = True,
 ) -> BeginResult:
-    """steps/begin (§7.1): decide execute / return / locked / input_mismatch / cancelled.
+    """steps/begin (§7.1): decide execute / return / locked / input_mismatch / cancelled, or
+    ``parked``: a budget of the run is reached, so the step is not begun and the run waits at its
+    budget gate (services.budgets).
 
     The common cases (new step, completed step) cost one statement; an existing unfinished
-    step goes through ``_begin_locked``. Raises RunNotFound, or LeaseLost when the caller names
-    a lease owner while another owner holds the run's live lease: a worker whose run was taken
-    over may still replay finished steps, but never starts one (our fix; upstream lets it)."""
+    step goes through ``_begin_locked``, parking through ``budgets.budget_park``. Raises
+    RunNotFound, BudgetExceeded (the run was stopped at its budget), or LeaseLost when the caller
+    names a lease owner while another owner holds the run's live lease: a worker whose run was
+    taken over may still replay finished steps, but never starts one (our fix; upstream lets it)."""
+    for _ in range(3):  # a park that finds no budget reached any more (a limit was raised) begins again
+        result = _step_begin(
+            run_id=run_id,
+            name=name,
+            input_hash=input_hash,
+            input=input,
+            options=options,
+            owner=owner,
+            explicit_owner=explicit_owner,
+        )
+        if result.action != "parked":
+            return result
+        result.parked = budgets.budget_park(run_id=run_id, step=name)
+        if result.parked is not None:
+            return result
+    raise ServerBusy("budget_changing", "the run's budgets changed while it was parking; retry")
+
+
+def _step_begin(
+    *,
+    run_id: str,
+    name: str,
+    input_hash: str,
+    input: Any,
+    options: dict[str, Any] | None,
+    owner: str,
+    explicit_owner: bool,
+) -> BeginResult:
     options = options or {}
     contract = protocol.resume_contract(options)
     sid = new_step_id()
@@ -137,17 +191,19 @@ def step_begin(
     row = fetch_prepared(BEGIN_SQL, params, STEP_JSON)[0]
     if row.run_status is None:
         raise RunNotFound()
-    if row.run_status == "cancelled":
+    if row.run_status == RunStatus.CANCELLED:
         return BeginResult("cancelled")
     if row.inserted:
         return BeginResult("execute", row, owner)
     if row.id is not None:
         if row.input_hash != input_hash:
             return BeginResult("input_mismatch", row, expected_hash=row.input_hash)
-        if row.status == "completed":
+        if row.status == StepStatus.COMPLETED:
             return BeginResult("return", row)
     if row.run_lease_elsewhere:
         raise LeaseLost("the run is leased to another worker")
+    if row.parked:
+        return BeginResult("parked")
     return _begin_locked(
         run_id=run_id,
         name=name,
@@ -181,7 +237,7 @@ def _begin_locked(
     )
     if run is None:
         raise RunNotFound()
-    if run.status == "cancelled":
+    if run.status == RunStatus.CANCELLED:
         return BeginResult("cancelled")
     step = fetch_one("SELECT * FROM tb_step WHERE run_id = %s AND name = %s FOR UPDATE", [run_id, name], STEP_JSON)
     if step is None:  # pragma: no cover - a step is never deleted while its run exists
@@ -203,6 +259,8 @@ def _begin_locked(
         raise LeaseLost("the run is leased to another worker")
     if action == "locked":
         return BeginResult(action, step)
+    if fetch_one(f"SELECT {budgets.reached_sql('r')} AS over FROM tb_run r WHERE r.id = %s", [run_id]).over:  # type: ignore[union-attr]
+        return BeginResult("parked")  # a retry costs money too: not past a reached budget
     updated = fetch_one(
         """UPDATE tb_step SET status = 'running', lease_owner = %(owner)s,
               lease_expires_at = now() + %(lease)s * interval '1 millisecond',

@@ -17,12 +17,14 @@ from typing import Any
 import psycopg
 from django.db import connection, transaction
 
-from tidebase_core import ids, wire
+from tidebase_core import ids, metrics, wire
 from tidebase_core.db import fetch_one, fetch_prepared, jsonb
 from tidebase_core.exceptions import InvalidRequest, RunNotFound
 from tidebase_core.models import UsageRecord
 from tidebase_core.outbox import after_commit
-from tidebase_core.services.lean_sql import channel_outbox_sql, compact, ts_sql
+from tidebase_core.services.budgets import budget_spend_rebuild
+from tidebase_core.services.cost_figures import cost_figures_rebuild
+from tidebase_core.services.lean_sql import channel_outbox_sql, compact, event_insert_sql, event_row, ts_sql
 
 # Usage record in one statement (autocommit: no BEGIN/COMMIT round trips), as the step routes.
 #
@@ -42,7 +44,13 @@ from tidebase_core.services.lean_sql import channel_outbox_sql, compact, ts_sql
 # statement its ROW EXCLUSIVE lock when it starts, before any row lock.
 #
 # ``total`` returns whether it inserted the run-total row (``xmax = 0``: not an update), i.e.
-# whether this is the run's first record. The wire form of the record (``usage``, the event's and
+# whether this is the run's first record. ``added`` (the function ``tb_usage_added``, migration 0012)
+# adds the cost to the spend of the budgets that have a limit (services.budgets: the workflow's day
+# and month budgets, the global day budget, in (scope, workflow) order) and to the record's step
+# group in tb_cost_daily (models.costs). It is read by the final SELECT, so it runs before the
+# rollup upserts: every usage writer locks run row, budget-spend rows, cost row, run-total row,
+# daily row, in that order (one plan), and no two can wait on each other in a cycle. Without a
+# limit it writes no spend. The wire form of the record (``usage``, the event's and
 # the outbox rows' payload) is built by the caller from the values it sent, as ``wire.usage_out``
 # did from the unsaved model; only ``createdAt`` comes from the row.
 # How one record is added to an existing rollup row: written once for the one-statement record
@@ -57,7 +65,8 @@ DAILY_MERGE = """ON CONFLICT (day, workflow, provider, model) DO UPDATE SET
     input_tokens = d.input_tokens + EXCLUDED.input_tokens, output_tokens = d.output_tokens + EXCLUDED.output_tokens,
     total_tokens = d.total_tokens + EXCLUDED.total_tokens, cost_usd = d.cost_usd + EXCLUDED.cost_usd"""
 
-USAGE_RECORD_SQL = compact(f"""
+USAGE_RECORD_SQL = compact(
+    f"""
 WITH r AS (SELECT id, workflow_name FROM tb_run WHERE id = %(run)s FOR NO KEY UPDATE),
 ok AS (
   SELECT r.id, r.workflow_name FROM r
@@ -78,7 +87,7 @@ rec AS (
          %(total_tokens)s::bigint, %(cost_usd)s::numeric, %(cost_source)s::text, %(metadata)s,
          COALESCE(%(at)s::timestamptz, clock_timestamp())
   FROM go
-  RETURNING id, run_id, provider, model, created_at,
+  RETURNING id, run_id, kind, label, provider, model, created_at,
             (created_at AT TIME ZONE 'UTC')::date AS day,
             COALESCE(input_tokens, 0) AS input_tokens, COALESCE(output_tokens, 0) AS output_tokens,
             COALESCE(total_tokens, COALESCE(input_tokens, 0) + COALESCE(output_tokens, 0)) AS total_tokens,
@@ -91,13 +100,22 @@ body AS (
 bump AS (
   UPDATE tb_run t SET event_seq = t.event_seq + 1 FROM rec WHERE t.id = rec.run_id RETURNING t.id, t.event_seq
 ),
-ev AS (
-  INSERT INTO tb_event (run_id, seq, type, payload, created_at)
-  SELECT bump.id, bump.event_seq, 'usage.recorded', body.payload, now() FROM bump, body
-),
+ev AS ({
+        event_insert_sql(
+            event_row(
+                run_id="bump.id",
+                seq="bump.event_seq",
+                type="'usage.recorded'",
+                payload="body.payload",
+                sources="bump, body",
+            )
+        )
+    }),
 ch AS ({
-    channel_outbox_sql(event_type="usage.recorded", payload="body.payload", run_id="rec.run_id", sources="rec, body")
-}),
+        channel_outbox_sql(
+            event_type="usage.recorded", payload="body.payload", run_id="rec.run_id", sources="rec, body"
+        )
+    }),
 total AS (
   INSERT INTO tb_usage_run AS t (run_id, workflow, first_at, last_at, records, input_tokens, output_tokens,
                                  total_tokens, cost_usd)
@@ -114,14 +132,20 @@ daily AS (
          rec.output_tokens, rec.total_tokens, rec.cost_usd
   FROM rec, go, total
   {DAILY_MERGE}
+),
+added AS (
+  SELECT tb_usage_added(go.workflow_name, %(step)s::text, rec.kind, rec.label, rec.provider, rec.day, rec.cost_usd) AS n
+  FROM rec, go
 )
 SELECT r.id IS NOT NULL AS run_found, ok.id IS NOT NULL AS step_ok, rec.created_at,
-       (SELECT array_agg(id) FROM ch) AS deliveries
+       (SELECT array_agg(id) FROM ch) AS deliveries, (SELECT n FROM added) AS added
 FROM (SELECT 1) one
 LEFT JOIN r ON true
 LEFT JOIN ok ON true
 LEFT JOIN rec ON true
-""")
+""",
+    tight=True,
+)
 
 
 def usage_record(
@@ -222,6 +246,7 @@ def usage_record(
         return UsageRecord.objects.get(id=_claimed(*idempotency))
     after_commit("channel", row.deliveries or [])
     record.created_at = row.created_at
+    metrics.usage_recorded(record)
     return record
 
 
@@ -299,36 +324,40 @@ def _claimed(scope: str, key: str) -> str:
 
 
 # One record into both rollups, in one statement, read back from the stored row (so the values
-# are exactly what tb_usage holds: rounded to its scale, tokens by the dashboard's rule). The
-# daily upsert runs first: the run-total insert only starts once the one-time filter
-# ``EXISTS (SELECT FROM daily)`` has consumed it. ``runs`` counts the run in the daily row of its
-# first record: the run-total row does not exist yet (the caller holds the run row lock, which
-# serializes this run's usage writers, so the check cannot race).
+# are exactly what tb_usage holds: rounded to its scale, tokens by the dashboard's rule). Rows are
+# locked in USAGE_RECORD_SQL's order: budget-spend rows and cost row (``added``), run-total row
+# (``total``), daily row. The daily insert (the statement's own) reads ``total``, whose one-time
+# filter ``EXISTS (SELECT FROM added)`` runs ``added`` to completion before it inserts: a CTE runs
+# when a query first reads it. ``runs`` counts the run in the daily row of its first record, from
+# whether ``total`` inserted the run-total row, as the record statement does (the caller holds the
+# run row lock, which serializes this run's usage writers). tests/core/test_budgets.py checks the
+# order: it holds one row and looks at which of the others the waiting statement has locked.
 ROLLUP_ADD_SQL = f"""
 WITH rec AS MATERIALIZED (
     SELECT u.run_id, r.workflow_name AS workflow, (u.created_at AT TIME ZONE 'UTC')::date AS day,
-           u.provider, u.model, u.created_at,
+           u.provider, u.model, u.created_at, u.step_id, u.kind, u.label,
            COALESCE(u.input_tokens, 0) AS input_tokens, COALESCE(u.output_tokens, 0) AS output_tokens,
            COALESCE(u.total_tokens, COALESCE(u.input_tokens, 0) + COALESCE(u.output_tokens, 0)) AS total_tokens,
            COALESCE(u.cost_usd, 0) AS cost_usd
     FROM tb_usage u JOIN tb_run r ON r.id = u.run_id
     WHERE u.id = %s
-), daily AS (
-    INSERT INTO tb_usage_daily AS d (day, workflow, provider, model, records, runs, input_tokens, output_tokens,
-                                     total_tokens, cost_usd)
-    SELECT day, workflow, provider, model, 1,
-           (NOT EXISTS (SELECT 1 FROM tb_usage_run t WHERE t.run_id = rec.run_id))::int,
-           input_tokens, output_tokens, total_tokens, cost_usd
+), added AS (
+    SELECT tb_usage_added(workflow, step_id, kind, label, provider, day, cost_usd) AS n FROM rec
+), total AS (
+    INSERT INTO tb_usage_run AS t (run_id, workflow, first_at, last_at, records, input_tokens, output_tokens,
+                                   total_tokens, cost_usd)
+    SELECT run_id, workflow, created_at, created_at, 1, input_tokens, output_tokens, total_tokens, cost_usd
     FROM rec
-    {DAILY_MERGE}
-    RETURNING 1
+    WHERE EXISTS (SELECT FROM added)
+    {RUN_TOTAL_MERGE}
+    RETURNING t.xmax = 0 AS first
 )
-INSERT INTO tb_usage_run AS t (run_id, workflow, first_at, last_at, records, input_tokens, output_tokens,
-                               total_tokens, cost_usd)
-SELECT run_id, workflow, created_at, created_at, 1, input_tokens, output_tokens, total_tokens, cost_usd
-FROM rec
-WHERE EXISTS (SELECT FROM daily)
-{RUN_TOTAL_MERGE}
+INSERT INTO tb_usage_daily AS d (day, workflow, provider, model, records, runs, input_tokens, output_tokens,
+                                 total_tokens, cost_usd)
+SELECT rec.day, rec.workflow, rec.provider, rec.model, 1, total.first::int, rec.input_tokens, rec.output_tokens,
+       rec.total_tokens, rec.cost_usd
+FROM rec, total
+{DAILY_MERGE}
 """
 
 
@@ -452,6 +481,8 @@ def usage_rollups_rebuild(*, since: dt.date | None = None) -> dict[str, int]:
             _execute(cur, sql, params)
             if sql.startswith("INSERT"):
                 written[sql.split()[2]] = cur.rowcount
+        written["tb_budget_spend"] = budget_spend_rebuild()  # the current periods, from the daily rows
+        written.update({f"tb_cost_daily:{k}": n for k, n in cost_figures_rebuild(cur, params).items()})
     return written
 
 

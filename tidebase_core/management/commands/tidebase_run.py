@@ -12,6 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from tidebase_core import metrics
 from tidebase_core.supervisor import Supervisor
 
 
@@ -34,7 +35,9 @@ class Command(BaseCommand):
         parser.add_argument("--no-worker", action="store_true", help="serve the web only")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+        manage_py = settings.BASE_DIR / "manage.py"
+        # Installed from a wheel there is no manage.py: the children run `python -m config.cli`.
+        manage = [sys.executable, str(manage_py)] if manage_py.is_file() else [sys.executable, "-m", "config.cli"]
         children = {
             "web": [
                 *manage,
@@ -53,6 +56,9 @@ class Command(BaseCommand):
             children["worker"] = [*manage, "tidebase_worker", *([] if options["beat"] == "embedded" else ["--no-beat"])]
             if options["beat"] == "separate":
                 children["beat"] = [*manage, "tidebase_beat"]
-        supervisor = Supervisor(children, cwd=str(settings.BASE_DIR))
+        folder = metrics.metrics_directory(owner=True)  # one folder for the web processes and the worker
+        if folder:
+            metrics.clear_directory(folder)  # nothing writes to it before the children start
+        supervisor = Supervisor(children, cwd=str(settings.BASE_DIR) if manage_py.is_file() else os.getcwd())
         supervisor.install_signal_handlers()
         raise SystemExit(supervisor.run())

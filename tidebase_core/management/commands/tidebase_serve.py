@@ -63,6 +63,8 @@ def banner(host: str, port: int) -> str:
     shown = "localhost" if host in ("0.0.0.0", "::", "[::]", "") else host  # noqa: S104
     base = f"http://{shown if ':' not in shown or shown.startswith('[') else f'[{shown}]'}:{port}"
     python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else "python"
+    # Installed from the wheel there is no manage.py: its console script stands in (docs/deploy.md).
+    manage = f"{python} manage.py" if (settings.BASE_DIR / "manage.py").is_file() else "tidebase-server"
     return "\n".join(
         [
             f"Tidebase is serving on {base}  (Ctrl-C to stop)",
@@ -70,6 +72,6 @@ def banner(host: str, port: int) -> str:
             f"  Dashboard  {base}/dashboard/",
             f"  Admin      {base}/admin/",
             f"  API docs   {base}/api/docs",
-            f"  First admin: {python} manage.py tidebase_createadmin <username>",
+            f"  First admin: {manage} tidebase_createadmin <username>",
         ]
     )

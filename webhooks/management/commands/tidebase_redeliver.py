@@ -10,9 +10,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from tidebase_core.models import ChannelDelivery, RecoveryAttempt
+from tidebase_core.models import ChannelDelivery, DeliveryStatus, RecoveryAttempt
 from webhooks import dispatch
-from webhooks.services import DeliveryNotFound, Kind, delivery_redeliver
+from webhooks.services.kinds import Kind
+from webhooks.services.redelivery import DeliveryNotFound, delivery_redeliver
 
 
 def kind_of(delivery_id: str) -> Kind:
@@ -36,10 +37,12 @@ class Command(BaseCommand):
         targets: list[tuple[Kind, str]] = [(kind_of(i), i) for i in options["ids"]]
         if options["all_failed"]:
             targets += [
-                ("channel", i) for i in ChannelDelivery.objects.filter(status="failed").values_list("id", flat=True)
+                ("channel", i)
+                for i in ChannelDelivery.objects.filter(status=DeliveryStatus.FAILED).values_list("id", flat=True)
             ]
             targets += [
-                ("recovery", i) for i in RecoveryAttempt.objects.filter(status="failed").values_list("id", flat=True)
+                ("recovery", i)
+                for i in RecoveryAttempt.objects.filter(status=DeliveryStatus.FAILED).values_list("id", flat=True)
             ]
         if not targets:
             raise CommandError("nothing to redeliver: pass ids or --all-failed")

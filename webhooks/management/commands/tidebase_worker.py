@@ -16,6 +16,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from config.celery import broker_folder
+from tidebase_core import metrics
 
 
 def celery_argv(*, concurrency: int, beat: bool, loglevel: str, pool: str, schedule: Path | None = None) -> list[str]:
@@ -68,7 +69,11 @@ class Command(BaseCommand):
             loglevel=options["loglevel"],
             pool=options["pool"],
         )
+        # A node name of its own (this pid survives the exec): Celery's default, celery@<host>, is
+        # shared by every worker on a machine, and RabbitMQ refuses the second one's control queue.
+        argv += ["--hostname", f"tidebase-{os.getpid()}@%h"]
         broker = settings.CELERY_BROKER_URL or f"embedded ({broker_folder()})"
         self.stdout.write(f"Tidebase webhook worker: broker {broker}, {options['concurrency']} {options['pool']}")
         sys.stdout.flush()
+        metrics.metrics_directory(owner=False)  # TIDEBASE_METRICS_DIR: the web server's /metrics adds ours in
         os.execv(sys.executable, argv)  # noqa: S606
