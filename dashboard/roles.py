@@ -34,4 +34,10 @@ def ensure_roles() -> dict[str, Group]:
         content_type=budgets_ct, codename="manage_budgets", defaults={"name": "Can change cost budgets"}
     )
     groups["admin"].permissions.add(manage_budgets)
+    # The Audit page's permission belongs to tidebase_core (migration 0013 grants it to admin).
+    audit_ct, _ = ContentType.objects.get_or_create(app_label="tidebase_core", model="auditentry")
+    view_audit, _ = Permission.objects.get_or_create(
+        content_type=audit_ct, codename="view_audit", defaults={"name": "Can view, export and verify the audit trail"}
+    )
+    groups["admin"].permissions.add(view_audit)
     return groups

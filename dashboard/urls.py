@@ -4,6 +4,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
 from dashboard import views
+from dashboard.views import audit as audit_views
 from dashboard.views import budgets as budget_views
 from retention import views as retention_views
 
@@ -26,6 +27,9 @@ urlpatterns = [
     path("storage/policies/<int:policy_id>/delete", retention_views.policy_delete, name="storage-policy-delete"),
     path("webhooks/", views.webhook_list, name="webhooks"),
     path("webhooks/<str:kind>/<str:delivery_id>/redeliver", views.webhook_redeliver, name="webhook-redeliver"),
+    path("audit/", audit_views.audit_list, name="audit"),
+    path("audit/verify", audit_views.audit_verify_view, name="audit-verify"),
+    path("audit/export.<str:fmt>", audit_views.audit_export, name="audit-export"),
     path("keys/", views.key_list, name="keys"),
     path("keys/create", views.key_create, name="key-create"),
     path("keys/<str:key_id>/revoke", views.key_revoke, name="key-revoke"),

@@ -14,6 +14,7 @@ from dashboard.templatetags.dashboard import principal
 from dashboard.views._common import HtmxHttpRequest, htmx_target, permission
 from tidebase_core.exceptions import DomainError, GateAlreadyResolved
 from tidebase_core.models import Gate
+from tidebase_core.services import audit
 from tidebase_core.services.gates import gate_resolve
 
 TEMPLATE = "dashboard/inbox/index.html"
@@ -57,6 +58,7 @@ def gate_decide(request: HtmxHttpRequest, gate_id: str) -> HttpResponse:
                 payload=form.decision_payload(),
                 decided_by=f"user:{username}",
                 require_token=False,
+                channel=audit.DASHBOARD,
             )
         except GateAlreadyResolved:
             status, already = 409, True

@@ -109,6 +109,7 @@ def test_every_dashboard_page__strict_csp__no_violations(live_server_url: str, l
         "/dashboard/keys/",
         "/dashboard/storage/",
         "/dashboard/budgets/",
+        "/dashboard/audit/",
         "/dashboard/password/",
     ]:
         response = root.goto(url)
@@ -127,6 +128,10 @@ def test_every_dashboard_page__strict_csp__no_violations(live_server_url: str, l
     card = root.locator("article.gate-card", has_text="approve-csp")
     card.get_by_role("button", name="Approve").click()
     expect(card).to_contain_text("Approved by root")
+    # The decision is in the audit trail; Verify posts its form and shows the verdict under the policy.
+    root.goto("/dashboard/audit/")
+    root.get_by_role("button", name="Verify").click()
+    expect(root.locator("#audit-verdict")).to_contain_text("audit chain intact")
 
     # Error pages: 404, and 403 for a viewer.
     assert_strict_policy(root.goto("/dashboard/runs/no-such-run/"))

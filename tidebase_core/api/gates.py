@@ -6,10 +6,11 @@ from ninja import Router
 from tidebase_core import wire
 from tidebase_core.api.common import channels_in, principal, seg
 from tidebase_core.api.schemas import GateBeginIn, GateResolveIn
-from tidebase_core.auth import TOKEN_ONLY
+from tidebase_core.auth import TOKEN_ONLY, Principal
 from tidebase_core.exceptions import Forbidden, InvalidRequest
 from tidebase_core.models import Gate, GateStatus, RunStatus
 from tidebase_core.selectors import gates as selectors
+from tidebase_core.services import audit
 from tidebase_core.services import gates as services
 from tidebase_core.services.budgets import GATE_PREFIX as BUDGET_GATE_PREFIX
 from tidebase_core.waiting import Parked, Poll, long_poll
@@ -87,5 +88,13 @@ def resolve_gate(request: HttpRequest, run_id: str, gate_id: str, payload: GateR
         payload=payload.payload,
         decided_by=who.label,
         require_token=who is TOKEN_ONLY,
+        channel=_channel(who),
     )
     return wire.json_response({"gate": wire.gate_out(gate, show_token=who.can_resolve)})
+
+
+def _channel(who: Principal) -> str:
+    """How a decision through the API arrived (the audit trail's channel)."""
+    if who is TOKEN_ONLY:
+        return audit.TOKEN
+    return audit.DASHBOARD if who.kind == "user" else audit.API_KEY

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tidebase_core.models.audit import AuditEntry, AuditHead
 from tidebase_core.models.budgets import BudgetLimit, BudgetScope, BudgetSpend, BudgetVersion
 from tidebase_core.models.costs import CostDaily
 from tidebase_core.models.gates import Gate, GateStatus
@@ -15,6 +16,8 @@ from tidebase_core.models.usage import UsageDaily, UsageRecord, UsageRunTotal
 
 __all__ = [
     "ApiKey",
+    "AuditEntry",
+    "AuditHead",
     "BudgetLimit",
     "BudgetScope",
     "BudgetSpend",

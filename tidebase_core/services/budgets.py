@@ -50,6 +50,7 @@ from tidebase_core.exceptions import (
 )
 from tidebase_core.models import BudgetScope, BudgetVersion, Gate, Run
 from tidebase_core.models.budgets import GLOBAL, SHARED_SCOPES
+from tidebase_core.services import audit
 from tidebase_core.services.events import event_append, notify_channels
 from tidebase_core.services.lean_sql import compact
 
@@ -500,6 +501,20 @@ def budget_set(
         )
         if limit_usd is not None:
             cur.execute(_RECOMPUTE_SQL, {"scope": scope, "workflow": workflow})
+        audit.audit_append(
+            kind=audit.POLICY_CHANGE,
+            actor=by,
+            channel=audit.channel_of(by),
+            policy_version=f"budget:{scope}:{workflow or '*'}:v{number}",
+            data={
+                "policy": "budget",
+                "scope": scope,
+                "workflow": workflow or None,
+                "limitUsd": wire.num(limit_usd),
+                "version": number,
+                "note": note,
+            },
+        )
     _lift(
         _pending_budget_gates(scope, None if scope == BudgetScope.GLOBAL_DAY else workflow),
         by=by,
@@ -525,6 +540,13 @@ def run_budget_set(*, run_id: str, budget_usd: Decimal | None, by: str) -> Run:
             run_id=run_id,
             type="budget.changed",
             payload={"scope": "run", "fromUsd": wire.num(before), "toUsd": wire.num(budget_usd), "by": by},
+        )
+        audit.audit_append(
+            kind=audit.POLICY_CHANGE,
+            actor=by,
+            channel=audit.channel_of(by),
+            run_id=run_id,
+            data={"policy": "budget", "scope": "run", "fromUsd": wire.num(before), "toUsd": wire.num(budget_usd)},
         )
     _lift(
         _pending_budget_gates(BudgetScope.RUN, run_id=run_id),

@@ -13,6 +13,7 @@ from django.db.models.functions import Now
 from tidebase_core import metrics, wire
 from tidebase_core.exceptions import GateAlreadyResolved, InvalidToken, NotFound, RunCancelled, RunNotFound
 from tidebase_core.models import Gate, GateStatus, Run, RunStatus
+from tidebase_core.services import audit
 from tidebase_core.services.events import event_append, notify_channels
 from tidebase_core.services.time import db_now
 
@@ -129,11 +130,14 @@ def gate_resolve(
     payload: Any,
     decided_by: str,
     require_token: bool,
+    channel: str | None = None,
 ) -> Gate:
     """Resolve a pending gate exactly once: a conditional UPDATE on ``status='pending'`` (and
     the token, when the caller is authorized by the token alone). Whatever mix of dashboard
     clicks, API calls and token links races, one wins; the others get GateAlreadyResolved or
-    InvalidToken (409) and change nothing. Emits ``gate.resolved`` and its channel event."""
+    InvalidToken (409) and change nothing. Emits ``gate.resolved`` and its channel event, and
+    appends the decision to the audit trail (``channel``: how it arrived; by default read from
+    ``decided_by``), last, in the same transaction."""
     match = Q(id=gate_id, run_id=run_id, status=GateStatus.PENDING)
     if require_token or token:
         match &= Q(resolve_token=token or "")
@@ -170,6 +174,14 @@ def gate_resolve(
         from tidebase_core.services.budgets import on_gate_resolved  # budgets opens gates: imported late
 
         on_gate_resolved(gate)  # approve: raise the run's budget or allow it more; reject: fail the run
+    audit.audit_append(
+        kind=audit.EXPIRY if actor == "timeout" and decided_by == "reconciler" else audit.DECISION,
+        actor=gate.actor or decided_by,
+        channel=channel or audit.channel_of(decided_by),
+        run_id=run_id,
+        gate_id=gate.id,
+        data={"gate": gate.name, "decision": decision, "decidedBy": decided_by, "payload": gate.decision_payload},
+    )
     return gate
 
 
