@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAIRS = {
     "tidebase/_async_client.py": "tidebase/_client.py",
     "tidebase/_async_context.py": "tidebase/_context.py",
+    "tidebase/_async_budget.py": "tidebase/_sync_budget.py",
 }
 
 # Names the sync SDK spells differently, in code.
@@ -59,7 +60,8 @@ CODE_NAMES = {
     "_async_client": "_client",
     "_async_context": "_context",
     "_async_primitives": "_sync_primitives",
-    # tidebase._budget's asyncio helpers and their blocking twins
+    "_async_budget": "_sync_budget",
+    # the budget waits' asyncio names and their blocking twins
     "abegin_step": "begin_step",
     "acheck": "check",
     "await_parked": "wait_parked",

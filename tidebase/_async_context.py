@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Self
 
+from . import _async_budget, _budget, _current, _tracing
 from . import _async_primitives as flavour
 from . import _base as base
-from . import _budget, _current, _tracing
 from . import _protocol as protocol
 from ._base import Call
 from ._exceptions import (
@@ -146,7 +146,7 @@ class AsyncRunContext:
     async def _begin_step(self, spec: StepSpec) -> Mapping[str, Any]:
         # sends "onBudget": "park"; a parked answer waits at the budget gate (or raises BudgetParked)
         # and begins again once an operator approves or raises the limit
-        return await _budget.abegin_step(self, spec)
+        return await _async_budget.abegin_step(self, spec)
 
     async def _complete_step(self, spec: StepSpec, step_id: str, owner: str, encoded: Any) -> None:
         body = {"leaseOwner": owner, "output": encoded}

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Self
 
 from . import _base as base
-from . import _budget, _current, _tracing
+from . import _budget, _current, _sync_budget, _tracing
 from . import _protocol as protocol
 from . import _sync_primitives as flavour
 from ._base import Call
@@ -147,7 +147,7 @@ class RunContext:
     def _begin_step(self, spec: StepSpec) -> Mapping[str, Any]:
         # sends "onBudget": "park"; a parked answer waits at the budget gate (or raises BudgetParked)
         # and begins again once an operator approves or raises the limit
-        return _budget.begin_step(self, spec)
+        return _sync_budget.begin_step(self, spec)
 
     def _complete_step(self, spec: StepSpec, step_id: str, owner: str, encoded: Any) -> None:
         body = {"leaseOwner": owner, "output": encoded}

@@ -96,7 +96,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed vers
     ) from error
 from pydantic_core import to_jsonable_python
 
-from . import _budget, _current
+from . import _async_budget, _budget, _current, _sync_budget
 from ._async_context import AsyncRunContext
 from ._exceptions import StepOutputNotSerializable
 from ._json import hash_input, stable_stringify
@@ -639,9 +639,9 @@ class TidebaseDurability(BaseDurabilityCapability[AgentDepsT]):
         if projected is None:
             return
         if isinstance(run, AsyncRunContext):
-            await _budget.acheck(run, projected, step=step, on_budget=self._on_budget)
+            await _async_budget.acheck(run, projected, step=step, on_budget=self._on_budget)
         else:
-            await _call(run, _budget.check, run, projected, step=step, on_budget=self._on_budget)
+            await _call(run, _sync_budget.check, run, projected, step=step, on_budget=self._on_budget)
 
     # --- usage ---
 

@@ -16,8 +16,9 @@ import pytest
 
 from tests.live import detail, encoded, pending_gate, shape, wait_for
 from tidebase import Tidebase
-from tidebase._budget import BudgetExceeded, BudgetParked, begin_step
+from tidebase._budget import BudgetExceeded, BudgetParked
 from tidebase._protocol import StepSpec
+from tidebase._sync_budget import begin_step
 from tidebase_core.services import budgets
 
 pytestmark = pytest.mark.django_db(transaction=True, available_apps=["tidebase_core"])

@@ -42,7 +42,7 @@ def test_committed_sync_files_equal_the_generator_output(tmp_path: Path) -> None
 
 
 def test_check_fails_when_a_generated_file_is_stale(tmp_path: Path) -> None:
-    for source in ("tidebase/_async_client.py", "tidebase/_async_context.py"):
+    for source in load_script().PAIRS:
         (tmp_path / source).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / source, tmp_path / source)
     assert unasync("--root", str(tmp_path)).returncode == 0  # writes the sync files there
