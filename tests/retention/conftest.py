@@ -16,6 +16,7 @@ from retention.conf import FIELDS
 from tidebase_core import outbox
 from tidebase_core.models import Run
 from tidebase_core.services import gates, runs, state, steps, usage
+from tidebase_core.services.time import db_now
 
 _names = itertools.count(1)
 
@@ -35,15 +36,6 @@ def retain(settings: Any) -> Iterator[Any]:
 
     set_policy()
     return set_policy
-
-
-def db_now() -> dt.datetime:
-    with connection.cursor() as cur:
-        cur.execute("SELECT now()")
-        row = cur.fetchone()
-    assert row is not None
-    value: dt.datetime = row[0]
-    return value
 
 
 def make_run(
