@@ -175,6 +175,24 @@ TIDEBASE_MAX_BODY_BYTES = env_int("TIDEBASE_MAX_BODY_BYTES", 64 * 1024 * 1024)
 """Largest accepted request body. Multi-megabyte checkpoints are normal; above this → 413."""
 TIDEBASE_SSE_KEEPALIVE_S = float(os.environ.get("TIDEBASE_SSE_KEEPALIVE_S") or 15)
 TIDEBASE_GATE_WAIT_MAX_MS = env_int("TIDEBASE_GATE_WAIT_MAX_MS", 30000)
+
+# --- Approvals: email and Slack (docs/approvals.md) ---------------------------------------------
+TIDEBASE_APPROVAL_LINK_TTL_S = env_int("TIDEBASE_APPROVAL_LINK_TTL_S", 24 * 3600)
+"""How long a one-click Approve/Reject link in an approval email stays valid."""
+TIDEBASE_SLACK_SIGNING_SECRET = os.environ.get("TIDEBASE_SLACK_SIGNING_SECRET") or None
+"""The Slack app's signing secret: the interactive callback refuses every request without it."""
+TIDEBASE_SLACK_BOT_TOKEN = os.environ.get("TIDEBASE_SLACK_BOT_TOKEN") or None
+"""A bot token (``xoxb-…``) for policies whose Slack target is a channel id (chat.postMessage)."""
+TIDEBASE_SLACK_API_URL = (os.environ.get("TIDEBASE_SLACK_API_URL") or "https://slack.com/api").removesuffix("/")
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND") or "django.core.mail.backends.smtp.EmailBackend"
+EMAIL_HOST = os.environ.get("EMAIL_HOST") or "localhost"
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER") or ""
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD") or ""
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 15)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL") or "tidebase@localhost"
 TIDEBASE_API_KEY_CACHE_S = float(os.environ.get("TIDEBASE_API_KEY_CACHE_S") or 5)
 """How long a verified app API key is trusted before it is looked up again (revocation delay)."""
 

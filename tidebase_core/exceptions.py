@@ -111,6 +111,37 @@ class InvalidToken(Conflict):
     code = "invalid_token"
 
 
+class AlreadyVoted(Conflict):
+    """This approver has already voted on the gate (a quorum needs distinct approvers)."""
+
+    code = "already_voted"
+
+
+class NotAnApprover(Forbidden):
+    """The gate's approval policy does not let this user or key decide it."""
+
+    code = "not_an_approver"
+
+
+class SelfApproval(Forbidden):
+    """Whoever started the run may not approve its gates (unless the policy allows it)."""
+
+    code = "self_approval"
+
+
+class TokenNotAllowed(Forbidden):
+    """The gate's approval policy does not let a resolve token decide it."""
+
+    code = "token_not_allowed"
+
+
+class CommentRequired(DomainError):
+    """The gate's approval policy requires a comment with every decision."""
+
+    code = "comment_required"
+    status_code = 422
+
+
 class NoRecoveryWebhook(DomainError):
     code = "no_recovery_webhook"
     status_code = 422

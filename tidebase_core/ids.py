@@ -51,6 +51,10 @@ def delivery_id() -> str:
     return new_id("del")
 
 
+def notification_id() -> str:
+    return new_id("ntf")
+
+
 def usage_id() -> str:
     return new_id("use")
 

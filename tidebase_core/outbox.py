@@ -18,7 +18,7 @@ from django.db import transaction
 
 logger = logging.getLogger(__name__)
 
-OutboxKind = Literal["channel", "recovery"]
+OutboxKind = Literal["channel", "recovery", "notification"]
 Dispatcher = Callable[[OutboxKind, list[str]], None]
 
 _dispatchers: list[Dispatcher] = []

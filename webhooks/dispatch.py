@@ -14,6 +14,7 @@ import queue
 import threading
 from collections.abc import Iterable
 
+from tidebase_core.outbox import OutboxKind
 from webhooks.services.kinds import Kind
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,9 @@ def flush(timeout_s: float = 5.0) -> bool:
     return done.wait(timeout_s)
 
 
-def outbox_dispatch(kind: Kind, ids: list[str]) -> None:
+def outbox_dispatch(kind: OutboxKind, ids: list[str]) -> None:
     """The core's after-commit hook (``tidebase_core.outbox``): rows just written have made no
     attempt yet, so each message claims attempt 1."""
+    if kind == "notification":  # delivered from the next commit on
+        return
     enqueue(kind, [(i, 0) for i in ids])

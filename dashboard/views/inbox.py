@@ -14,8 +14,7 @@ from dashboard.templatetags.dashboard import principal
 from dashboard.views._common import HtmxHttpRequest, htmx_target, permission
 from tidebase_core.exceptions import DomainError, GateAlreadyResolved
 from tidebase_core.models import Gate
-from tidebase_core.services import audit
-from tidebase_core.services.gates import gate_resolve
+from tidebase_core.services import approvals, audit, policies
 
 TEMPLATE = "dashboard/inbox/index.html"
 
@@ -47,18 +46,13 @@ def gate_decide(request: HtmxHttpRequest, gate_id: str) -> HttpResponse:
     if not form.is_valid():
         status = 422
     else:
-        username = request.user.get_username()
         try:
-            gate_resolve(
+            approvals.gate_decide(
                 run_id=gate.run_id,
                 gate_id=gate.id,
                 decision=form.cleaned_data["decision"],
-                token=None,
-                actor=username,
+                voter=policies.voter_for_user(request.user, channel=audit.DASHBOARD),
                 payload=form.decision_payload(),
-                decided_by=f"user:{username}",
-                require_token=False,
-                channel=audit.DASHBOARD,
             )
         except GateAlreadyResolved:
             status, already = 409, True

@@ -6,11 +6,11 @@ from ninja import Router
 from tidebase_core import wire
 from tidebase_core.api.common import channels_in, principal, seg
 from tidebase_core.api.schemas import GateBeginIn, GateResolveIn
-from tidebase_core.auth import TOKEN_ONLY, Principal
+from tidebase_core.auth import TOKEN_ONLY
 from tidebase_core.exceptions import Forbidden, InvalidRequest
 from tidebase_core.models import Gate, GateStatus, RunStatus
 from tidebase_core.selectors import gates as selectors
-from tidebase_core.services import audit
+from tidebase_core.services import approvals, policies
 from tidebase_core.services import gates as services
 from tidebase_core.services.budgets import GATE_PREFIX as BUDGET_GATE_PREFIX
 from tidebase_core.waiting import Parked, Poll, long_poll
@@ -71,30 +71,25 @@ def get_gate(request: HttpRequest, run_id: str, gate_id: str, waitMs: int = 0) -
 
 @router.post("/{run_id}/gates/{gate_id}/resolve", operation_id="resolve_gate")
 def resolve_gate(request: HttpRequest, run_id: str, gate_id: str, payload: GateResolveIn) -> HttpResponse:
-    """Resolve a gate once. Operators, admins and the env key may resolve by key; anyone holding
-    the gate's resolve token may resolve that gate without a key (it is the capability handed
-    out in ``resolveUrl`` payloads). Agent keys may not resolve at all."""
+    """Decide a gate. Operators, admins and the env key may decide by key; anyone holding the
+    gate's resolve token may decide that gate without a key (it is the capability handed out in
+    ``resolveUrl`` payloads), unless its approval policy refuses tokens. Agent keys may not
+    decide at all. Under a policy with a quorum, a vote that does not complete it answers the
+    gate still ``pending`` with ``quorum`` (additive)."""
     who = principal(request)
     if who is not TOKEN_ONLY and not who.can_resolve:
         raise Forbidden("agent keys may not resolve gates", scope=who.scope)
     if who is TOKEN_ONLY and not payload.token:
         raise InvalidRequest("token is required", field="token")
-    gate = services.gate_resolve(
+    decision = approvals.gate_decide(
         run_id=seg(run_id),
         gate_id=seg(gate_id),
         decision=payload.decision,
-        token=payload.token,
-        actor=payload.actor,
+        voter=policies.voter_for_principal(who, actor=payload.actor),
         payload=payload.payload,
-        decided_by=who.label,
-        require_token=who is TOKEN_ONLY,
-        channel=_channel(who),
+        token=payload.token,
     )
-    return wire.json_response({"gate": wire.gate_out(gate, show_token=who.can_resolve)})
-
-
-def _channel(who: Principal) -> str:
-    """How a decision through the API arrived (the audit trail's channel)."""
-    if who is TOKEN_ONLY:
-        return audit.TOKEN
-    return audit.DASHBOARD if who.kind == "user" else audit.API_KEY
+    body: dict[str, object] = {"gate": wire.gate_out(decision.gate, show_token=who.can_resolve)}
+    if decision.tally is not None:
+        body["quorum"] = decision.tally.as_json()
+    return wire.json_response(body)

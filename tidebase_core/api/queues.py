@@ -4,7 +4,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Router
 
 from tidebase_core import metrics, wire
-from tidebase_core.api.common import channels_in, idempotency, seg, usd
+from tidebase_core.api.common import channels_in, idempotency, principal, seg, usd
 from tidebase_core.api.schemas import ClaimIn, EnqueueIn, QueueConfigIn, ScheduleIn
 from tidebase_core.db import Row
 from tidebase_core.selectors import queues as selectors
@@ -56,6 +56,7 @@ def enqueue_run(request: HttpRequest, queue: str, payload: EnqueueIn) -> HttpRes
         deadline_ms=payload.deadlineMs,
         idempotency=idempotency(request, "enqueue"),
         budget_usd=usd(payload.budgetUsd),
+        started_by=principal(request).label,
     )
     return wire.json_response({"run": wire.run_out(run), "deduplicated": deduplicated})
 

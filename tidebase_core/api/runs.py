@@ -40,6 +40,7 @@ def create_body(workflow_name: str, payload: RunCreateIn, request: HttpRequest) 
         channels=channels_in(request, payload.channels),
         idempotency=idempotency(request, "run_create"),
         budget_usd=usd(payload.budgetUsd),
+        started_by=principal(request).label,
     )
     return {"run": wire.run_out(run)}
 

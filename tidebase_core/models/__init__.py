@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+from tidebase_core.models.approvals import (
+    ApprovalPolicy,
+    ApprovalPolicyVersion,
+    ExpiryAction,
+    GateVote,
+    Notification,
+    NotificationMedium,
+    RejectMode,
+    SlackUser,
+    UsedNonce,
+)
 from tidebase_core.models.audit import AuditEntry, AuditHead
 from tidebase_core.models.budgets import BudgetLimit, BudgetScope, BudgetSpend, BudgetVersion
 from tidebase_core.models.costs import CostDaily
@@ -16,6 +27,8 @@ from tidebase_core.models.usage import UsageDaily, UsageRecord, UsageRunTotal
 
 __all__ = [
     "ApiKey",
+    "ApprovalPolicy",
+    "ApprovalPolicyVersion",
     "AuditEntry",
     "AuditHead",
     "BudgetLimit",
@@ -27,17 +40,23 @@ __all__ = [
     "CostDaily",
     "DeliveryStatus",
     "Event",
+    "ExpiryAction",
     "Gate",
     "GateStatus",
+    "GateVote",
     "IdempotencyKey",
     "KeyScope",
+    "Notification",
+    "NotificationMedium",
     "QueueConfig",
     "RecoveryAttempt",
+    "RejectMode",
     "Run",
     "RunEdge",
     "RunState",
     "RunStatus",
     "Schedule",
+    "SlackUser",
     "StateStream",
     "StateVersion",
     "Step",
@@ -45,4 +64,5 @@ __all__ = [
     "UsageDaily",
     "UsageRecord",
     "UsageRunTotal",
+    "UsedNonce",
 ]

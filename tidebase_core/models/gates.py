@@ -33,6 +33,18 @@ class Gate(models.Model):
     resolve_token = models.CharField(max_length=64, default=ids.new_token)
     timeout_ms = models.BigIntegerField(null=True, blank=True)
     timeout_at = models.DateTimeField(null=True, blank=True)
+    policy = models.ForeignKey(
+        "tidebase_core.ApprovalPolicy", on_delete=models.SET_NULL, null=True, blank=True, related_name="gates"
+    )
+    policy_version = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The policy version the gate opened under, then the one it was decided under."
+    )
+    remind_at = models.DateTimeField(null=True, blank=True)
+    escalate_at = models.DateTimeField(null=True, blank=True)
+    expire_at = models.DateTimeField(null=True, blank=True)
+    reminded_at = models.DateTimeField(null=True, blank=True)
+    escalated_at = models.DateTimeField(null=True, blank=True)
+    expired_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
@@ -45,6 +57,11 @@ class Gate(models.Model):
         indexes = [
             models.Index(fields=["created_at"], name="tb_gate_pending_idx", condition=Q(status="pending")),
             models.Index(fields=["timeout_at"], name="tb_gate_timeout_idx", condition=Q(status="pending")),
+            models.Index(
+                fields=["created_at"],
+                name="tb_gate_sla_idx",
+                condition=Q(status="pending", policy__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:

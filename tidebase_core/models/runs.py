@@ -62,6 +62,9 @@ class Run(models.Model):
         help_text="Approved allowance past the shared (workflow, global) budgets: the run may go on "
         "until its own spend reaches this.",
     )
+    started_by = models.TextField(
+        null=True, blank=True, help_text="Who created the run (Principal.label): may not approve its gates."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     completed_at = models.DateTimeField(null=True, blank=True)

@@ -13,7 +13,7 @@ from django.db.models.functions import Now
 from tidebase_core import metrics, wire
 from tidebase_core.exceptions import GateAlreadyResolved, InvalidToken, NotFound, RunCancelled, RunNotFound
 from tidebase_core.models import Gate, GateStatus, Run, RunStatus
-from tidebase_core.services import audit
+from tidebase_core.services import audit, notifications, policies
 from tidebase_core.services.events import event_append, notify_channels
 from tidebase_core.services.time import db_now
 
@@ -71,6 +71,7 @@ def gate_insert(
     """Insert the gate with its ``gate.created`` event and channel deliveries, inside the
     caller's transaction (``gate_begin`` opens its own; a budget park holds the run's lock)."""
     now = db_now()
+    policy = policies.policy_for(run_id=run_id, gate_name=name)
     gate = Gate.objects.create(
         run_id=run_id,
         name=name,
@@ -80,6 +81,7 @@ def gate_insert(
         capability=capability,
         timeout_ms=timeout_ms,
         timeout_at=now + dt.timedelta(milliseconds=timeout_ms) if timeout_ms else None,
+        **policies.policy_fields(policy, now),
     )
     public = {"gate": wire.public_gate(gate, show_token=False)}
     event_append(run_id=run_id, type="gate.created", payload=public)
@@ -91,6 +93,8 @@ def gate_insert(
         gate_id=gate.id,
         inline_channels=channels,
     )
+    if policy is not None:
+        notifications.notify_gate(gate, "gate.created")
     return gate
 
 
@@ -132,15 +136,48 @@ def gate_resolve(
     require_token: bool,
     channel: str | None = None,
 ) -> Gate:
-    """Resolve a pending gate exactly once: a conditional UPDATE on ``status='pending'`` (and
-    the token, when the caller is authorized by the token alone). Whatever mix of dashboard
-    clicks, API calls and token links races, one wins; the others get GateAlreadyResolved or
-    InvalidToken (409) and change nothing. Emits ``gate.resolved`` and its channel event, and
-    appends the decision to the audit trail (``channel``: how it arrived; by default read from
-    ``decided_by``), last, in the same transaction."""
+    """Resolve a pending gate exactly once, in its own transaction, without consulting an
+    approval policy: for the server's own decisions (timeouts, budget limits raised). People
+    and keys decide through ``services.approvals.gate_decide``, which applies the gate's policy."""
+    return resolve_pending(
+        run_id=run_id,
+        gate_id=gate_id,
+        decision=decision,
+        token=token,
+        actor=actor,
+        payload=payload,
+        decided_by=decided_by,
+        require_token=require_token,
+        channel=channel,
+    )
+
+
+def resolve_pending(
+    *,
+    run_id: str,
+    gate_id: str,
+    decision: str,
+    token: str | None,
+    actor: str | None,
+    payload: Any,
+    decided_by: str,
+    require_token: bool,
+    channel: str | None = None,
+    policy_version: int | None = None,
+    audit_data: dict[str, Any] | None = None,
+) -> Gate:
+    """Resolve a pending gate exactly once, inside the caller's transaction: a conditional UPDATE
+    on ``status='pending'`` (and the token, when the caller is authorized by the token alone).
+    Whatever mix of dashboard clicks, API calls and token links races, one wins; the others get
+    GateAlreadyResolved or InvalidToken (409) and change nothing. Emits ``gate.resolved`` and its
+    channel event, and appends the decision to the audit trail (``channel``: how it arrived; by
+    default read from ``decided_by``), last, in the same transaction."""
     match = Q(id=gate_id, run_id=run_id, status=GateStatus.PENDING)
     if require_token or token:
         match &= Q(resolve_token=token or "")
+    changes: dict[str, Any] = {}
+    if policy_version is not None:
+        changes["policy_version"] = policy_version
     updated = Gate.objects.filter(match).update(
         status=decision,
         decision=decision,
@@ -149,6 +186,7 @@ def gate_resolve(
         decision_payload={} if payload is None else payload,
         resolved_at=Now(),
         updated_at=Now(),
+        **changes,
     )
     gate = Gate.objects.filter(id=gate_id, run_id=run_id).first()
     if gate is None:
@@ -174,13 +212,22 @@ def gate_resolve(
         from tidebase_core.services.budgets import on_gate_resolved  # budgets opens gates: imported late
 
         on_gate_resolved(gate)  # approve: raise the run's budget or allow it more; reject: fail the run
+    if gate.policy_id is not None:
+        notifications.notify_gate(gate, "gate.resolved")
     audit.audit_append(
         kind=audit.EXPIRY if actor == "timeout" and decided_by == "reconciler" else audit.DECISION,
         actor=gate.actor or decided_by,
         channel=channel or audit.channel_of(decided_by),
         run_id=run_id,
         gate_id=gate.id,
-        data={"gate": gate.name, "decision": decision, "decidedBy": decided_by, "payload": gate.decision_payload},
+        policy_version=gate.policy_version if gate.policy_id is not None else None,
+        data={
+            "gate": gate.name,
+            "decision": decision,
+            "decidedBy": decided_by,
+            "payload": gate.decision_payload,
+            **(audit_data or {}),
+        },
     )
     return gate
 

@@ -26,12 +26,12 @@ from tidebase_core.services.runs import insert_channels
 
 ENQUEUE_SQL = """
 INSERT INTO tb_run (id, workflow_name, input, metadata, status, recovery_webhook, attempt, event_seq,
-                    queue_name, dedupe_key, priority, run_at, max_attempts, deadline_at, budget_usd, created_at,
-                    updated_at)
+                    queue_name, dedupe_key, priority, run_at, max_attempts, deadline_at, budget_usd, started_by,
+                    created_at, updated_at)
 VALUES (%(id)s, %(wf)s, %(input)s, %(metadata)s, 'queued', %(webhook)s, 0, 0, %(queue)s, %(dedupe)s,
         %(priority)s, COALESCE(%(run_at)s, now() + %(delay_ms)s * interval '1 millisecond'), %(max_attempts)s,
         CASE WHEN %(deadline_ms)s::bigint IS NULL THEN NULL ELSE now() + %(deadline_ms)s * interval '1 millisecond' END,
-        %(budget)s::numeric, now(), now())
+        %(budget)s::numeric, %(started_by)s, now(), now())
 ON CONFLICT (queue_name, dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running')
 DO NOTHING
 RETURNING *, queue_name AS queue
@@ -54,6 +54,7 @@ def enqueue(
     deadline_ms: int | None = None,
     idempotency: tuple[str, str] | None = None,
     budget_usd: Decimal | None = None,
+    started_by: str | None = None,
 ) -> tuple[Row | Run, bool]:
     """Insert a ``queued`` run, or return the active run holding ``(queue, dedupe_key)``.
 
@@ -77,6 +78,7 @@ def enqueue(
             deadline_ms=deadline_ms,
             idempotency=idempotency,
             budget_usd=budget_usd,
+            started_by=started_by,
         )
         if result is not None:
             return result
@@ -100,6 +102,7 @@ def _enqueue_once(
     deadline_ms: int | None,
     idempotency: tuple[str, str] | None,
     budget_usd: Decimal | None = None,
+    started_by: str | None = None,
 ) -> tuple[Row | Run, bool] | None:
     new_id = ids.run_id()
     if idempotency is not None:
@@ -122,6 +125,7 @@ def _enqueue_once(
             "max_attempts": max_attempts,
             "deadline_ms": deadline_ms,
             "budget": budget_usd,
+            "started_by": started_by,
         },
         RUN_JSON,
     )

@@ -87,9 +87,9 @@ WITH k AS (
 ),
 run AS (
   INSERT INTO tb_run (id, workflow_name, input, metadata, status, recovery_webhook, attempt, event_seq,
-                      priority, max_attempts, budget_usd, created_at, updated_at)
+                      priority, max_attempts, budget_usd, started_by, created_at, updated_at)
   SELECT %(id)s::text, %(workflow)s::text, %(input)s, %(metadata)s, 'pending', %(webhook)s, 0, 1, 0, 1,
-         %(budget)s::numeric, now(), now()
+         %(budget)s::numeric, %(started_by)s::text, now(), now()
   WHERE %(key)s::text IS NULL OR EXISTS (SELECT 1 FROM k)
   RETURNING id, created_at
 ),
@@ -124,10 +124,12 @@ def run_create(
     channels: list[dict[str, Any]] | None = None,
     idempotency: tuple[str, str] | None = None,
     budget_usd: Decimal | None = None,
+    started_by: str | None = None,
 ) -> Run:
     """Create a ``pending`` run with its channels; emits ``run.created`` (secrets omitted).
     With ``idempotency=(scope, key)`` a retried create returns the run the first one made.
-    ``budget_usd``: the run's own budget (services.budgets)."""
+    ``budget_usd``: the run's own budget (services.budgets). ``started_by``: who asked
+    (``Principal.label``; approval policies refuse them as approvers of the run's gates)."""
     new_id = ids.run_id()
     input = {} if input is None else input
     metadata = metadata or {}
@@ -155,6 +157,7 @@ def run_create(
             "scope": scope,
             "key": key,
             "budget": budget_usd,
+            "started_by": started_by,
         },
     )
     if not rows:
@@ -167,6 +170,7 @@ def run_create(
         metadata=metadata,
         recovery_webhook=recovery_webhook,
         budget_usd=budget_usd,
+        started_by=started_by,
         status=RunStatus.PENDING,
         event_seq=1,
         created_at=created,
