@@ -42,6 +42,7 @@ def _insert_run(
     channels: list[dict[str, Any]] | None,
     run_id: str | None = None,
     budget_usd: Decimal | None = None,
+    started_by: str | None = None,
 ) -> Run:
     run = Run.objects.create(
         id=run_id or ids.run_id(),
@@ -50,6 +51,7 @@ def _insert_run(
         metadata=metadata or {},
         recovery_webhook=recovery_webhook,
         budget_usd=budget_usd,
+        started_by=started_by,
     )
     insert_channels(run.id, channels)
     return run
@@ -515,6 +517,7 @@ def child_create(
                 recovery_webhook=recovery_webhook,
                 channels=channels,
                 budget_usd=budget_usd,
+                started_by=parent.started_by,  # the parent's agent starts its children
             )
             edge = RunEdge.objects.create(
                 parent_run=parent,
