@@ -583,6 +583,8 @@ def test_beat__schedules_the_pass_and_one_pass_runs_at_a_time(retain: Any, setti
         other.execute("SELECT pg_advisory_lock(%s)", [services.RETENTION_LOCK])
         assert retention() == {"retention": "busy"}
         assert exists(doomed)
+        # Released here, not by closing: a closed session's locks go when its backend exits, later.
+        other.execute("SELECT pg_advisory_unlock(%s)", [services.RETENTION_LOCK])
     result = retention()
     assert result["deleted"]["tb_run"] == 1
     assert not exists(doomed)
