@@ -5,6 +5,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 
 from config.api import api
+from tidebase_core.api.slack import slack_interactions
 from tidebase_core.exceptions import InternalError, NotFound
 from tidebase_core.middleware import is_protocol_path
 from tidebase_core.wire import error_response
@@ -14,6 +15,7 @@ from tidebase_core.wire import error_response
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("dashboard/", include("dashboard.urls")),
+    path("slack/interactions", slack_interactions, name="slack-interactions"),  # signed by Slack, no API key
     path("", include("dashboard.root_urls")),
     path("", api.urls),
 ]

@@ -40,4 +40,10 @@ def ensure_roles() -> dict[str, Group]:
         content_type=audit_ct, codename="view_audit", defaults={"name": "Can view, export and verify the audit trail"}
     )
     groups["admin"].permissions.add(view_audit)
+    # Editing approval policies belongs to tidebase_core (migration 0014 grants it to admin).
+    policies_ct, _ = ContentType.objects.get_or_create(app_label="tidebase_core", model="approvalpolicy")
+    manage_policies, _ = Permission.objects.get_or_create(
+        content_type=policies_ct, codename="manage_policies", defaults={"name": "Can change approval policies"}
+    )
+    groups["admin"].permissions.add(manage_policies)
     return groups

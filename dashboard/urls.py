@@ -6,12 +6,15 @@ from django.urls import path, reverse_lazy
 from dashboard import views
 from dashboard.views import audit as audit_views
 from dashboard.views import budgets as budget_views
+from dashboard.views import links as link_views
+from dashboard.views import policies as policy_views
 from retention import views as retention_views
 
 app_name = "dashboard"
 urlpatterns = [
     path("", views.inbox, name="inbox"),
     path("gates/<str:gate_id>/decide", views.gate_decide, name="gate-decide"),
+    path("decide/<str:token>/", link_views.gate_link, name="gate-link"),  # one-click email links
     path("runs/", views.run_list, name="runs"),
     path("runs/<str:run_id>/", views.run_detail, name="run"),
     path("runs/<str:run_id>/cancel", views.run_cancel_view, name="run-cancel"),
@@ -27,6 +30,11 @@ urlpatterns = [
     path("storage/policies/<int:policy_id>/delete", retention_views.policy_delete, name="storage-policy-delete"),
     path("webhooks/", views.webhook_list, name="webhooks"),
     path("webhooks/<str:kind>/<str:delivery_id>/redeliver", views.webhook_redeliver, name="webhook-redeliver"),
+    path("policies/", policy_views.policy_list, name="policies"),
+    path("policies/new", policy_views.policy_create, name="policy-create"),
+    path("policies/<int:policy_id>/", policy_views.policy_detail, name="policy"),
+    path("policies/<int:policy_id>/edit", policy_views.policy_update, name="policy-edit"),
+    path("policies/<int:policy_id>/enabled", policy_views.policy_enable, name="policy-enable"),
     path("audit/", audit_views.audit_list, name="audit"),
     path("audit/verify", audit_views.audit_verify_view, name="audit-verify"),
     path("audit/export.<str:fmt>", audit_views.audit_export, name="audit-export"),

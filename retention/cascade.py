@@ -23,7 +23,11 @@ from django.db import models
 MAX_DEPTH = 6
 
 # Outbox tables whose rows have attempts in tb_delivery_attempt, and the attempts' ``kind``.
-ATTEMPT_KINDS = {"tb_channel_delivery": "channel", "tb_recovery_attempt": "recovery"}
+ATTEMPT_KINDS = {
+    "tb_channel_delivery": "channel",
+    "tb_recovery_attempt": "recovery",
+    "tb_notification": "notification",
+}
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from tidebase_core.models import (
     Run,
     RunEdge,
     RunState,
+    SlackUser,
     StateStream,
     StateVersion,
     Step,
@@ -141,3 +142,13 @@ class ApiKeyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         # Keys are revoked, never deleted: with TIDEBASE_AUTH=auto, an API that ever had a key
         # stays closed, and deleting every key row would silently reopen it.
         return False
+
+
+@admin.register(SlackUser)
+class SlackUserAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Which Django user a Slack user's button clicks decide as (also ``manage.py
+    tidebase_slack_link``)."""
+
+    list_display = ("slack_user_id", "user")
+    search_fields = ("slack_user_id", "user__username")
+    raw_id_fields = ("user",)

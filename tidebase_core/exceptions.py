@@ -189,3 +189,77 @@ class BudgetExceeded(Conflict):
     """The run was stopped at its budget: its budget gate was rejected."""
 
     code = "budget_exceeded"
+
+
+class LinkInvalid(DomainError):
+    """A one-click decision link that was forged, mangled or truncated."""
+
+    code = "link_invalid"
+
+
+class LinkExpired(DomainError):
+    """A one-click decision link older than ``TIDEBASE_APPROVAL_LINK_TTL_S``."""
+
+    code = "link_expired"
+    status_code = 410
+
+
+class LinkUsed(Conflict):
+    """A one-click decision link that has already decided (links are single-use)."""
+
+    code = "link_used"
+
+
+class LinkOtherUser(Forbidden):
+    """A decision link opened while someone else is signed in: links are bound to their recipient."""
+
+    code = "link_other_user"
+
+
+class LinksNotAllowed(Forbidden):
+    """The gate's approval policy does not allow one-click email links (any more)."""
+
+    code = "links_not_allowed"
+
+
+class UserInactive(Forbidden):
+    """The account a link or a Slack user maps to is deactivated (or gone)."""
+
+    code = "user_inactive"
+
+
+class SlackNotConfigured(DomainError):
+    """The Slack callback without ``TIDEBASE_SLACK_SIGNING_SECRET``: nothing can be verified."""
+
+    code = "slack_not_configured"
+    status_code = 503
+
+
+class InvalidSignature(Unauthorized):
+    """A Slack callback whose signature is missing or does not verify."""
+
+    code = "invalid_signature"
+
+
+class StaleRequest(Unauthorized):
+    """A Slack callback signed outside Slack's timestamp window (5 minutes)."""
+
+    code = "stale_request"
+
+
+class Replayed(Conflict):
+    """A Slack callback that was already accepted, sent again (same signature)."""
+
+    code = "replayed"
+
+
+class InvalidPayload(DomainError):
+    """A Slack callback body that is too large or not a Tidebase button click."""
+
+    code = "invalid_payload"
+
+
+class UnknownSlackUser(Forbidden):
+    """A Slack user no Django user is linked to (``manage.py tidebase_slack_link``)."""
+
+    code = "unknown_slack_user"

@@ -183,7 +183,7 @@ class _Figures:
         )
         self.deliveries = Counter(
             "tidebase_webhook_deliveries",
-            "Webhook attempts by kind (channel, recovery), outcome (delivered, retry, failed) and attempt number.",
+            "Delivery attempts by kind (channel, recovery, notification), outcome and attempt number.",
             ["kind", "outcome", "attempt"],
             registry=r,
         )

@@ -202,11 +202,30 @@ def gate_out(g: Any, *, show_token: bool) -> dict[str, Any]:
         "createdAt": ts(g.created_at),
         "updatedAt": ts(g.updated_at),
         "resolvedAt": ts(g.resolved_at),
+        **gate_policy_out(g),
+    }
+
+
+def gate_policy_out(g: Any) -> dict[str, Any]:
+    """Additive fields of a gate under an approval policy (all null without one): the policy
+    version it opened under, then the one it was decided under, and its SLA times (when it is
+    reminded, escalated and expires; when that happened). Only columns of the gate row, so a
+    list of gates costs no query more; the votes so far are the resolve answer's ``quorum``."""
+    return {
+        "policyVersion": g.policy_version,
+        "remindAt": ts(g.remind_at),
+        "escalateAt": ts(g.escalate_at),
+        "expireAt": ts(g.expire_at),
+        "remindedAt": ts(g.reminded_at),
+        "escalatedAt": ts(g.escalated_at),
+        "expiredAt": ts(g.expired_at),
     }
 
 
 def public_gate(g: Any, *, show_token: bool) -> dict[str, Any]:
-    return {
+    """The gate in events and channel payloads. A gate under a policy also carries
+    ``gate_policy_out`` (additive); a gate without one keeps exactly the shape it always had."""
+    out = {
         "id": g.id,
         "runId": g.run_id,
         "name": g.name,
@@ -220,6 +239,9 @@ def public_gate(g: Any, *, show_token: bool) -> dict[str, Any]:
         "resolveToken": g.resolve_token if show_token else None,
         "decideUrl": decide_url(g),
     }
+    if g.policy_id is not None:
+        out.update(gate_policy_out(g))
+    return out
 
 
 def redact_channel(c: dict[str, Any]) -> dict[str, Any]:

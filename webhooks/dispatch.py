@@ -88,6 +88,4 @@ def flush(timeout_s: float = 5.0) -> bool:
 def outbox_dispatch(kind: OutboxKind, ids: list[str]) -> None:
     """The core's after-commit hook (``tidebase_core.outbox``): rows just written have made no
     attempt yet, so each message claims attempt 1."""
-    if kind == "notification":  # delivered from the next commit on
-        return
     enqueue(kind, [(i, 0) for i in ids])

@@ -1,7 +1,7 @@
-"""The delivery attempts log. The outbox rows themselves (``ChannelDelivery``, ``RecoveryAttempt``)
-belong to ``tidebase_core``; this app adds one row per HTTP attempt, keyed by text ids (``kind`` +
-``delivery_id``) rather than foreign keys, so core rows can be deleted without touching the log
-and the log never constrains core migrations."""
+"""The delivery attempts log. The outbox rows themselves (``ChannelDelivery``, ``RecoveryAttempt``,
+``Notification``) belong to ``tidebase_core``; this app adds one row per attempt, keyed by text
+ids (``kind`` + ``delivery_id``) rather than foreign keys, so core rows can be deleted without
+touching the log and the log never constrains core migrations."""
 
 from __future__ import annotations
 
@@ -11,14 +11,16 @@ from django.db import models
 class DeliveryKind(models.TextChoices):
     CHANNEL = "channel"
     RECOVERY = "recovery"
+    NOTIFICATION = "notification"
 
 
 class DeliveryAttempt(models.Model):
-    """One HTTP attempt of one outbox row. Created when the attempt is claimed (before any
-    network I/O), completed with its outcome afterwards; an attempt whose worker died stays
-    open until the next claim marks it ``interrupted`` (``error``) at ``interrupted_at``. The
-    mark is kept if the attempt was only slow and reports late: its outcome (status, latency,
-    response, real ``finished_at``) is recorded next to the mark, never instead of it."""
+    """One attempt of one outbox row: an HTTP request, or an email handed to the SMTP server.
+    Created when the attempt is claimed (before any network I/O), completed with its outcome
+    afterwards; an attempt whose worker died stays open until the next claim marks it
+    ``interrupted`` (``error``) at ``interrupted_at``. The mark is kept if the attempt was only
+    slow and reports late: its outcome (status, latency, response, real ``finished_at``) is
+    recorded next to the mark, never instead of it."""
 
     kind = models.CharField(max_length=16, choices=DeliveryKind.choices)
     delivery_id = models.CharField(max_length=40)

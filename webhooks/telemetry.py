@@ -47,7 +47,7 @@ def attempt(*, kind: Kind, delivery_id: str, expected_attempts: int, trigger: st
 def _traced(claim: Claim) -> float | None:
     from opentelemetry.trace import Status, StatusCode
 
-    with tracing.delivery_span(claim.kind, claim.delivery_id, claim.number, claim.message.url) as span:
+    with tracing.delivery_span(claim.kind, claim.delivery_id, claim.number, claim.message.shown_url) as span:
         headers = tuple(tracing.current_headers(span).items())
         sent = dataclasses.replace(claim, message=dataclasses.replace(claim.message, headers=headers))
         outcome = delivery_send(sent)

@@ -1,21 +1,22 @@
-"""The webhook log: channel deliveries and recovery attempts, merged."""
+"""The webhook log: channel deliveries, recovery attempts and approval notifications, merged."""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.db.models import Count
 
-from tidebase_core.models import ChannelDelivery, DeliveryStatus, RecoveryAttempt
+from tidebase_core.models import ChannelDelivery, DeliveryStatus, Notification, RecoveryAttempt
 
 
 @dataclass
 class Delivery:
     """A row of the webhook log: a channel delivery or a recovery (run.resume/run.invoke) attempt."""
 
-    kind: str  # "channel" | "recovery"
+    kind: str  # "channel" | "recovery" | "notification"
     id: str
     run_id: str
     workflow: str
@@ -74,8 +75,16 @@ def _last_attempts(ids: list[str]) -> dict[tuple[str, str], Any]:
     return {(r.kind, r.delivery_id): r for r in rows}
 
 
+def notification_target(target: str) -> str:
+    """An email address or Slack channel as it is; a Slack URL (an incoming webhook or a click's
+    ``response_url``, both capabilities) only by its host."""
+    if target.startswith(("https://", "http://")):
+        return f"{urlsplit(target).netloc}/…"
+    return target
+
+
 def deliveries(*, status: str = "", kind: str = "", limit: int = 100) -> list[Delivery]:
-    """The newest deliveries of both kinds, merged (two queries, each bounded)."""
+    """The newest deliveries of every kind, merged (one bounded query per kind)."""
     out: list[Delivery] = []
     if kind in ("", "channel"):
         qs = ChannelDelivery.objects.select_related("run").defer("payload", "secret", "response_body", "run__input")
@@ -83,6 +92,14 @@ def deliveries(*, status: str = "", kind: str = "", limit: int = 100) -> list[De
             qs = qs.filter(status=status)
         out += [
             Delivery.of("channel", d, event_type=d.event_type, url=d.url) for d in qs.order_by("-created_at")[:limit]
+        ]
+    if kind in ("", "notification"):
+        nq = Notification.objects.select_related("run").defer("data", "response_body", "run__input")
+        if status:
+            nq = nq.filter(status=status)
+        out += [
+            Delivery.of("notification", n, event_type=f"{n.event_type} ({n.medium})", url=notification_target(n.target))
+            for n in nq.order_by("-created_at")[:limit]
         ]
     if kind in ("", "recovery"):
         rq = RecoveryAttempt.objects.select_related("run").defer("response_body", "run__input")
@@ -102,8 +119,9 @@ def deliveries(*, status: str = "", kind: str = "", limit: int = 100) -> list[De
 
 
 def delivery_counts() -> dict[str, int]:
+    """Rows by status over the three outbox tables, in one query."""
     counts = dict.fromkeys(DeliveryStatus.values, 0)
-    for model in (ChannelDelivery, RecoveryAttempt):
-        for row in model.objects.values("status").annotate(n=Count("id")):
-            counts[row["status"]] = counts.get(row["status"], 0) + row["n"]
+    per_table = [m.objects.values("status").annotate(n=Count("id")) for m in (RecoveryAttempt, Notification)]
+    for row in ChannelDelivery.objects.values("status").annotate(n=Count("id")).union(*per_table, all=True):
+        counts[row["status"]] = counts.get(row["status"], 0) + row["n"]
     return counts

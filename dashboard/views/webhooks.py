@@ -17,7 +17,7 @@ from tidebase_core.exceptions import DomainError
 from tidebase_core.models import DeliveryStatus
 
 TEMPLATE = "dashboard/webhooks/index.html"
-KINDS = ("channel", "recovery")
+KINDS = ("channel", "recovery", "notification")
 STATUSES = tuple(DeliveryStatus.values)
 
 

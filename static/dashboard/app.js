@@ -16,7 +16,8 @@
 
   document.body.addEventListener("gate-decided", function (evt) {
     var d = evt.detail || {};
-    if (d.status) toast("Gate " + d.status + (d.actor ? " by " + d.actor : "") + ".");
+    if (d.message) toast(d.message);  // a vote counted towards a quorum: the gate is still pending
+    else if (d.status) toast("Gate " + d.status + (d.actor ? " by " + d.actor : "") + ".");
   });
 
   // <form data-confirm="Sure?">: ask before a plain (non-htmx) form submits. Inline onsubmit

@@ -118,7 +118,7 @@ def test_every_dashboard_page__strict_csp__no_violations(live_server_url: str, l
         if url in polled:
             assert root.evaluate(WAIT_FOR_HTMX), url  # a poll went out and its answer was swapped in
         if url == "/dashboard/usage/":
-            root.wait_for_function("window.tidebaseCharts && Object.keys(window.tidebaseCharts).length === 6")
+            root.wait_for_function("() => window.tidebaseCharts && Object.keys(window.tidebaseCharts).length === 6")
 
     # htmx swaps under the policy: filter the runs, decide the gate in the inbox.
     root.goto("/dashboard/runs/")

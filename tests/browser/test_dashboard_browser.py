@@ -135,7 +135,7 @@ def test_runs_filter_and_usage_charts(live_server_url: str, login: Any) -> None:
     shot(vera, "runs-filtered")
 
     vera.get_by_role("link", name="Usage & cost").click()
-    vera.wait_for_function("window.tidebaseCharts && Object.keys(window.tidebaseCharts).length === 6")
+    vera.wait_for_function("() => window.tidebaseCharts && Object.keys(window.tidebaseCharts).length === 6")
     totals = vera.evaluate(
         """() => Object.fromEntries(Object.entries(window.tidebaseCharts).map(([id, c]) =>
              [id, c.data.datasets.reduce((s, d) => s + d.data.reduce((a, b) => a + b, 0), 0)]))"""
@@ -155,7 +155,7 @@ def test_runs_filter_and_usage_charts(live_server_url: str, login: Any) -> None:
 
     dark = login("root", color_scheme="dark")
     dark.goto("/dashboard/usage/")
-    dark.wait_for_function("window.tidebaseCharts && Object.keys(window.tidebaseCharts).length === 6")
+    dark.wait_for_function("() => window.tidebaseCharts && Object.keys(window.tidebaseCharts).length === 6")
     shot(dark, "usage-dark")
     dark.goto("/dashboard/webhooks/")
     shot(dark, "webhooks-dark")

@@ -23,7 +23,7 @@ from tidebase_core.services.usage import usage_rollups_rebuild
 
 MAX_QUERIES = {
     # session + user + 2 permission lookups (cached for the request) + the page's own queries
-    "inbox": 6,
+    "inbox": 8,  # ... the pending gates' votes (prefetched) and the user's groups (may they decide?)
     "runs": 6,
     "run": 19,  # ... and two for the run's cost figures (tidebase_core.selectors.cost_figures)
     "usage": 10,  # two queries on the usage rollups, up to four for the cost figures
@@ -86,7 +86,8 @@ def test_queries__fragments_are_fixed_too(
         make_run(gate="approved")
         make_run()
     assert _count(clients["viewer"], reverse(url_name), HX_Request="true", HX_Target=target) == small
-    with django_assert_max_num_queries(7):  # type: ignore[operator]
+    most = 8 if target == "webhook-rows" else 7  # one query per outbox table (three), one for the attempts
+    with django_assert_max_num_queries(most):  # type: ignore[operator]
         clients["viewer"].get(reverse(url_name), headers={"HX-Request": "true", "HX-Target": target})
 
 

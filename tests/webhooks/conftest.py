@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import kombu.pools
 import pytest
 
 from tests.conftest import ROOT, free_port
@@ -57,6 +58,9 @@ def _configure_this_process(env: dict[str, str]) -> None:
     if app._pool is not None:
         app._pool.force_close_all()
         app._pool = None
+    # kombu keeps producer pools in a process-wide registry keyed by connection: a pool closed
+    # there (by an earlier test's broker, or a fork handler) would be handed out again, closed.
+    kombu.pools.reset()
     app.conf.update(conf)
     if not env["CELERY_BROKER_URL"]:
         app.conf.broker_url = conf["broker_url"]

@@ -88,6 +88,7 @@ def resolve_gate(request: HttpRequest, run_id: str, gate_id: str, payload: GateR
         voter=policies.voter_for_principal(who, actor=payload.actor),
         payload=payload.payload,
         token=payload.token,
+        comment=payload.comment,
     )
     body: dict[str, object] = {"gate": wire.gate_out(decision.gate, show_token=who.can_resolve)}
     if decision.tally is not None:

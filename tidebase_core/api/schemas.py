@@ -212,6 +212,9 @@ class GateResolveIn(_In):
     decision: Literal["approved", "rejected", "canceled"]
     actor: Opt[Annotated[str, Field(max_length=200)]] = None
     payload: Any = None
+    comment: Opt[Annotated[str, Field(max_length=2000)]] = None
+    """Additive: the decider's comment (kept on the vote and in the audit trail; an approval
+    policy may require one). Without it, ``payload.comment`` is the comment."""
 
 
 Importance = Literal["transient", "normal", "checkpoint", "milestone"]

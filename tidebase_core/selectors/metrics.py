@@ -57,6 +57,10 @@ outbox AS (
   SELECT 'recovery', count(*), count(*) FILTER (WHERE next_attempt_at <= now()),
          EXTRACT(EPOCH FROM now() - min(next_attempt_at) FILTER (WHERE next_attempt_at <= now()))
   FROM tb_recovery_attempt WHERE status = 'pending'
+  UNION ALL
+  SELECT 'notification', count(*), count(*) FILTER (WHERE next_attempt_at <= now()),
+         EXTRACT(EPOCH FROM now() - min(next_attempt_at) FILTER (WHERE next_attempt_at <= now()))
+  FROM tb_notification WHERE status = 'pending'
 ),
 queues AS (
   SELECT queue_name,

@@ -303,6 +303,14 @@ def _gate_json(a: str) -> str:
             ("createdAt", ts_sql(f"{a}.created_at")),
             ("updatedAt", ts_sql(f"{a}.updated_at")),
             ("resolvedAt", ts_sql(f"{a}.resolved_at")),
+            # wire.gate_policy_out
+            ("policyVersion", f"{a}.policy_version"),
+            ("remindAt", ts_sql(f"{a}.remind_at")),
+            ("escalateAt", ts_sql(f"{a}.escalate_at")),
+            ("expireAt", ts_sql(f"{a}.expire_at")),
+            ("remindedAt", ts_sql(f"{a}.reminded_at")),
+            ("escalatedAt", ts_sql(f"{a}.escalated_at")),
+            ("expiredAt", ts_sql(f"{a}.expired_at")),
         ]
     )
 

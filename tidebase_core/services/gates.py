@@ -165,13 +165,15 @@ def resolve_pending(
     channel: str | None = None,
     policy_version: int | None = None,
     audit_data: dict[str, Any] | None = None,
+    audit_kind: str | None = None,
 ) -> Gate:
     """Resolve a pending gate exactly once, inside the caller's transaction: a conditional UPDATE
     on ``status='pending'`` (and the token, when the caller is authorized by the token alone).
     Whatever mix of dashboard clicks, API calls and token links races, one wins; the others get
     GateAlreadyResolved or InvalidToken (409) and change nothing. Emits ``gate.resolved`` and its
     channel event, and appends the decision to the audit trail (``channel``: how it arrived; by
-    default read from ``decided_by``), last, in the same transaction."""
+    default read from ``decided_by``; ``audit_kind``: by default ``expiry`` for a timeout, else
+    ``decision``), last, in the same transaction."""
     match = Q(id=gate_id, run_id=run_id, status=GateStatus.PENDING)
     if require_token or token:
         match &= Q(resolve_token=token or "")
@@ -215,7 +217,7 @@ def resolve_pending(
     if gate.policy_id is not None:
         notifications.notify_gate(gate, "gate.resolved")
     audit.audit_append(
-        kind=audit.EXPIRY if actor == "timeout" and decided_by == "reconciler" else audit.DECISION,
+        kind=audit_kind or (audit.EXPIRY if actor == "timeout" and decided_by == "reconciler" else audit.DECISION),
         actor=gate.actor or decided_by,
         channel=channel or audit.channel_of(decided_by),
         run_id=run_id,

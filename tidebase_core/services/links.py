@@ -10,12 +10,29 @@ gate's policy to the recipient and spends the nonce in the decision's transactio
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core import signing
 from django.urls import reverse
+
+from tidebase_core.exceptions import (
+    AlreadyVoted,
+    CommentRequired,
+    LinkExpired,
+    LinkInvalid,
+    LinkOtherUser,
+    LinksNotAllowed,
+    LinkUsed,
+    NotFound,
+    UserInactive,
+)
+from tidebase_core.models import ApprovalPolicy, Gate, GateStatus, GateVote, UsedNonce
+from tidebase_core.services import approvals, audit, policies
 
 SALT = "tidebase.gate-link"
 DECISIONS = ("approved", "rejected")
@@ -51,3 +68,81 @@ def read_link(token: str) -> LinkClaim:
         return LinkClaim(gate_id=str(body["g"]), user_id=int(body["u"]), decision=str(body["d"]), nonce=str(body["n"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise signing.BadSignature("not a decision link") from exc
+
+
+NONCE_PREFIX = "link:"
+"""``UsedNonce`` key of a spent link: ``link:<its nonce>``."""
+
+
+@dataclass(frozen=True)
+class LinkOffer:
+    """What an open link offers its recipient: the gate (with its run), the decision, the
+    recipient (``user``), the policy that will apply and the votes so far."""
+
+    claim: LinkClaim
+    gate: Gate
+    user: Any
+    policy: ApprovalPolicy
+    tally: approvals.Tally
+
+
+def link_open(*, token: str, signed_in: Any) -> LinkOffer:
+    """Check a link as its POST will, without deciding (a GET; mail scanners prefetch links).
+
+    Raises, in this order: LinkInvalid (forged or mangled), LinkExpired, UserInactive (the
+    recipient is deactivated or gone), LinkOtherUser (someone else is signed in in this browser),
+    NotFound (the gate is gone), LinksNotAllowed (the gate's policy, as it is now, allows no
+    links), LinkUsed, GateAlreadyResolved, the policy's refusals of the recipient (NotAnApprover,
+    SelfApproval) and AlreadyVoted. A policy that requires a comment is not refused here: the
+    confirmation page asks for one."""
+    try:
+        claim = read_link(token)
+    except signing.SignatureExpired as exc:
+        raise LinkExpired("this link has expired; open the gate in the dashboard instead") from exc
+    except signing.BadSignature as exc:
+        raise LinkInvalid("this link is not valid (it may have been cut or altered)") from exc
+    user = get_user_model().objects.filter(pk=claim.user_id).first()
+    if user is None or not user.is_active:
+        raise UserInactive("the account this link was sent to is deactivated")
+    if getattr(signed_in, "is_authenticated", False) and signed_in.pk != user.pk:
+        raise LinkOtherUser(
+            f"this link was sent to {user.get_username()}, but {signed_in.get_username()} is signed in "
+            "here: sign out, or open the link in a private window"
+        )
+    gate = Gate.objects.select_related("run").filter(id=claim.gate_id).first()
+    if gate is None:
+        raise NotFound("gate not found")
+    policy = ApprovalPolicy.objects.filter(id=gate.policy_id).first() if gate.policy_id else None
+    if policy is None or not policy.email_links:
+        raise LinksNotAllowed("the approval policy of this gate does not allow one-click links")
+    if UsedNonce.objects.filter(key=NONCE_PREFIX + claim.nonce).exists():
+        raise LinkUsed("this link has already been used; links decide once")
+    if gate.status != GateStatus.PENDING:
+        raise approvals.already_decided(gate)
+    voter = policies.voter_for_user(user, channel=audit.EMAIL)
+    refused = policies.refusal(
+        voter=voter, policy=policy, started_by=gate.run.started_by, decision=claim.decision, comment=""
+    )
+    if refused is not None and not isinstance(refused, CommentRequired):
+        raise refused
+    if GateVote.objects.filter(gate_id=gate.id, voter=voter.identity).exists():
+        raise AlreadyVoted(f"{voter.actor} has already voted on this gate")
+    return LinkOffer(claim=claim, gate=gate, user=user, policy=policy, tally=approvals.tally(gate.id, policy.quorum))
+
+
+def link_decide(*, token: str, signed_in: Any, comment: str = "") -> approvals.Decision:
+    """Decide as the link's recipient (the confirmation page's POST): ``link_open``'s checks,
+    then ``gate_decide`` with the recipient as the voter (channel ``email``), which applies the
+    policy under the gate's lock and spends the link's nonce in the decision's transaction. A
+    refusal changes nothing and leaves the link usable; a second use raises LinkUsed (409)."""
+    offer = link_open(token=token, signed_in=signed_in)
+    comment = comment.strip()
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=settings.TIDEBASE_APPROVAL_LINK_TTL_S)
+    return approvals.gate_decide(
+        run_id=offer.gate.run_id,
+        gate_id=offer.gate.id,
+        decision=offer.claim.decision,
+        voter=policies.voter_for_user(offer.user, channel=audit.EMAIL),
+        payload={"comment": comment} if comment else None,
+        nonce=(NONCE_PREFIX + offer.claim.nonce, expires),
+    )

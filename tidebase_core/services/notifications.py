@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.db.models.functions import Now
 
 from tidebase_core.models import ApprovalPolicy, Gate, Notification, NotificationMedium
 from tidebase_core.outbox import after_commit
@@ -55,6 +56,7 @@ def notify_gate(gate: Gate, event_type: str, *, data: dict[str, Any] | None = No
                 target=target,
                 user=user,
                 data=data or {},
+                next_attempt_at=Now(),  # due now: the sweep leaves it to its after-commit message a while
             )
         )
 
@@ -84,6 +86,7 @@ def notify_slack_response(gate: Gate, response_url: str) -> list[str]:
         event_type="gate.resolved" if gate.status != "pending" else "gate.voted",
         target=response_url,
         data={"replace_original": True},
+        next_attempt_at=Now(),
     )
     after_commit("notification", [row.id])
     return [row.id]

@@ -13,6 +13,7 @@ import datetime as dt
 import fnmatch
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.db import IntegrityError, transaction
 
@@ -29,6 +30,10 @@ from tidebase_core.exceptions import (
 )
 from tidebase_core.models import ApprovalPolicy, ApprovalPolicyVersion, ExpiryAction, GateStatus, RejectMode, Run
 from tidebase_core.services import audit
+
+BUDGET_GATE_PREFIX = "budget:"
+"""Budget gates (``services.budgets.GATE_PREFIX``) fall only under policies whose gate pattern
+starts with it: a catch-all ``*`` policy whose expiry approves must not grant money unattended."""
 
 UNKNOWN_STARTERS = frozenset({"", "anonymous"})
 """``Run.started_by`` values that name nobody (an open API): no self-approval check applies."""
@@ -72,6 +77,17 @@ class Voter:
     key_name: str | None = None
     via_token: bool = False
     user_id: int | None = None
+    may_resolve: bool = True
+    """Whether the voter holds the approver role (``dashboard.resolve_gate``) at all: a policy's
+    groups narrow who decides among those who may, on every channel; they never widen it."""
+
+    @property
+    def who(self) -> str:
+        """The voter in a refusal's message: a user by name, a key by label (not the ``actor``
+        it claims, which is anyone's to choose), a token as such."""
+        if self.via_token:
+            return "this gate's resolve token"
+        return self.identity.removeprefix("user:")
 
 
 def voter_for_user(user: Any, *, channel: str) -> Voter:
@@ -83,6 +99,7 @@ def voter_for_user(user: Any, *, channel: str) -> Voter:
         actor=name,
         groups=frozenset(user.groups.values_list("name", flat=True)),
         user_id=user.pk,
+        may_resolve=user.is_active and user.has_perm("dashboard.resolve_gate"),
     )
 
 
@@ -109,6 +126,8 @@ def policy_for(*, run_id: str, gate_name: str) -> ApprovalPolicy | None:
         return None
     workflow = Run.objects.filter(id=run_id).values_list("workflow_name", flat=True).first() or ""
     for policy in candidates:
+        if gate_name.startswith(BUDGET_GATE_PREFIX) and not policy.gate_pattern.startswith(BUDGET_GATE_PREFIX):
+            continue  # approving a budget gate grants money: only a policy that names budget gates governs them
         if fnmatch.fnmatchcase(workflow, policy.workflow_pattern) and fnmatch.fnmatchcase(
             gate_name, policy.gate_pattern
         ):
@@ -133,6 +152,13 @@ def policy_fields(policy: ApprovalPolicy | None, now: dt.datetime) -> dict[str, 
     }
 
 
+def key_identities(names: list[str]) -> set[str]:
+    """The ``decided_by`` identities of the keys a policy lists by name: ``env`` is the env key
+    (``TIDEBASE_API_KEY``), any other name the app key of that name (so an app key named ``env``
+    is not the env key, and the two can never fill a quorum as one)."""
+    return {"api-key:env" if n == "env" else f"key:{n}" for n in names}
+
+
 def refusal(
     *,
     voter: Voter,
@@ -143,12 +169,14 @@ def refusal(
 ) -> DomainError | None:
     """Why ``policy`` does not let ``voter`` record ``decision``, or None. The inbox asks this
     (without a decision or comment) to show and filter the gates a user may decide."""
+    if not voter.may_resolve:
+        return NotAnApprover(f"{voter.who} may not approve or reject gates (the approver role)")
     if voter.via_token:
         if not policy.allow_token:
             return TokenNotAllowed(f"policy {policy.name!r} does not let a resolve token decide this gate")
     elif policy.approver_groups or policy.approver_keys:
         in_group = bool(voter.groups.intersection(policy.approver_groups))
-        listed_key = voter.key_name is not None and voter.key_name in policy.approver_keys
+        listed_key = voter.key_name is not None and voter.identity in key_identities(policy.approver_keys)
         if not (in_group or listed_key):
             whom = ", ".join([*policy.approver_groups, *(f"key {k}" for k in policy.approver_keys)])
             return NotAnApprover(f"policy {policy.name!r} lets only {whom} decide this gate")
@@ -158,7 +186,7 @@ def refusal(
         and started_by not in UNKNOWN_STARTERS
         and started_by == voter.identity
     ):
-        return SelfApproval(f"{voter.actor} started this run and may not approve its gates (policy {policy.name!r})")
+        return SelfApproval(f"{voter.who} started this run and may not approve its gates (policy {policy.name!r})")
     if policy.require_comment and decision and not comment.strip():
         return CommentRequired(f"policy {policy.name!r} requires a comment with every decision", field="comment")
     return None
@@ -166,6 +194,26 @@ def refusal(
 
 def policy_body(policy: ApprovalPolicy) -> dict[str, Any]:
     return {name: getattr(policy, name) for name in BODY_FIELDS}
+
+
+SLACK_FIELDS = ("slack", "escalate_slack")
+
+
+def slack_label(target: str) -> str:
+    """A Slack target as pages and the audit trail show it: a channel id as is, a webhook URL by
+    its host and its last four characters (the URL is the credential)."""
+    if not target:
+        return ""
+    if "://" not in target:
+        return target
+    host = urlsplit(target).hostname or "webhook"
+    return f"{host} webhook …{target[-4:]}"
+
+
+def audit_body(body: dict[str, Any]) -> dict[str, Any]:
+    """A policy version as the audit trail keeps it: Slack webhook URLs masked (an append-only,
+    exported log must not hold a credential)."""
+    return {k: slack_label(v) if k in SLACK_FIELDS else v for k, v in body.items()}
 
 
 def _validate(body: dict[str, Any]) -> None:
@@ -210,6 +258,8 @@ def policy_save(
     merged = {**policy_body(policy), **{k: v for k, v in body.items() if k in BODY_FIELDS}}
     _validate(merged)
     before = None if policy_id is None else policy_body(policy)
+    if before is not None and before == {**merged, "name": str(merged["name"]).strip()}:
+        return policy  # nothing changed: no new version, nothing to audit
     for name, value in merged.items():
         setattr(policy, name, value)
     policy.name = policy.name.strip()
@@ -228,6 +278,6 @@ def policy_save(
         actor=actor,
         channel=channel,
         policy_version=policy.version,
-        data={"policyId": policy.id, "policy": policy.name, "changed": changed, "body": after},
+        data={"policyId": policy.id, "policy": policy.name, "changed": changed, "body": audit_body(after)},
     )
     return policy

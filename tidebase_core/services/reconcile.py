@@ -18,7 +18,7 @@ from django.db import transaction
 from tidebase_core import protocol
 from tidebase_core.db import fetch_rows
 from tidebase_core.models import RecoveryAttempt, Run, RunStatus
-from tidebase_core.services import budgets, push, schedules
+from tidebase_core.services import approvals, budgets, push, schedules, sla
 from tidebase_core.services.events import event_append
 from tidebase_core.services.gates import gate_expire_due
 from tidebase_core.services.runs import recovery_record
@@ -138,6 +138,8 @@ def reconcile_tick() -> dict[str, Any]:
         "schedules": schedules.schedules_fire_due,
         "push": push.push_dispatch_due,
         "gate_timeouts": gate_expire_due,
+        "gate_sla": sla.sla_tick,  # a policy's reminders, escalations and expiries
+        "used_nonces": approvals.nonces_prune,  # spent one-click links and Slack requests, once expired
         "budget_periods": budgets.lift_ended_periods,  # a run parked at yesterday's budget goes on
     }
     for name, duty in duties.items():

@@ -14,11 +14,11 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Case, F, TextField, Value, When
 
-from tidebase_core.models import ChannelDelivery, DeliveryStatus, RecoveryAttempt
+from tidebase_core.models import ChannelDelivery, DeliveryStatus, Notification, RecoveryAttempt
 from tidebase_core.services.events import event_append
 from tidebase_core.services.time import db_now
 from webhooks.models import DeliveryAttempt
-from webhooks.services.kinds import TABLES, Kind, outbox_model
+from webhooks.services.kinds import TABLES, Kind, OutboxRow, outbox_model
 from webhooks.services.messages import Claim, build_message
 from webhooks.services.retries import retry_delay
 from webhooks.services.sending import Outcome, delivery_send
@@ -57,9 +57,11 @@ def delivery_claim(*, kind: Kind, delivery_id: str, expected_attempts: int, trig
     if got is None:
         return None
     number, now = int(got[0]), got[1]
-    row: ChannelDelivery | RecoveryAttempt
+    row: OutboxRow
     if kind == "recovery":
         row = RecoveryAttempt.objects.select_related("run").get(id=delivery_id)
+    elif kind == "notification":
+        row = Notification.objects.select_related("gate__run", "gate__policy", "user").get(id=delivery_id)
     else:
         row = ChannelDelivery.objects.get(id=delivery_id)
     message = build_message(kind, row)
@@ -71,7 +73,7 @@ def delivery_claim(*, kind: Kind, delivery_id: str, expected_attempts: int, trig
         delivery_id=delivery_id,
         number=number,
         trigger=trigger[:80],
-        url=message.url,
+        url=message.shown_url,
         started_at=now,
         worker=worker_name()[:120],
     )

@@ -7,9 +7,9 @@ import logging
 from django.conf import settings
 from django.db import connection, transaction
 
-from tidebase_core.models import ChannelDelivery, DeliveryStatus, RecoveryAttempt
+from tidebase_core.models import DeliveryStatus
 from tidebase_core.services.time import db_now
-from webhooks.services.kinds import KINDS, TABLES, Kind, outbox_model
+from webhooks.services.kinds import KINDS, TABLES, Kind, OutboxRow, outbox_model
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def delivery_sweep(*, limit: int | None = None) -> list[tuple[Kind, str, int]]:
 
 
 @transaction.atomic(durable=True)
-def delivery_redeliver(kind: Kind, delivery_id: str, actor: str) -> ChannelDelivery | RecoveryAttempt:
+def delivery_redeliver(kind: Kind, delivery_id: str, actor: str) -> OutboxRow:
     """Operator redelivery of a dead-lettered (or delivered) row: back to ``pending`` and due
     now; the ``webhook-id`` stays the row id and ``attempts`` keeps counting, so a redelivery is
     one more attempt: if it fails once the retry schedule is exhausted, the row is dead-lettered

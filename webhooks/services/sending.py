@@ -1,11 +1,13 @@
 """Sending one attempt: an HTTP POST through the SSRF guard, with a connect timeout and a total
-deadline, never following redirects; every failure is an ``Outcome``, never an exception."""
+deadline, never following redirects (or, for a notification, an email through Django's email
+framework); every failure is an ``Outcome``, never an exception."""
 
 from __future__ import annotations
 
 import datetime as dt
 import email.utils
 import functools
+import json
 import ssl
 import time
 from dataclasses import dataclass
@@ -23,8 +25,25 @@ RESPONSE_EXCERPT_CHARS = 8000
 """Stored response body (PROTOCOL.md §8: truncated to 8000 chars)."""
 RESPONSE_READ_CAP = 64 * 1024
 """Bytes read from a response at most; the rest is discarded unread."""
-PERMANENT_ERRORS = frozenset({"blocked_address", "invalid_url"})
-"""Errors that no retry can fix: dead-lettered at once."""
+PERMANENT_ERRORS = frozenset(
+    {"blocked_address", "invalid_url", "recipient_refused", "slack_refused", "slack_bot_token_missing"}
+)
+"""Errors that no retry can fix: dead-lettered at once. An error is ``code`` or ``code: detail``."""
+SLACK_PERMANENT = frozenset(
+    {
+        "account_inactive",
+        "cant_update_message",
+        "channel_not_found",
+        "invalid_auth",
+        "is_archived",
+        "message_not_found",
+        "missing_scope",
+        "not_authed",
+        "not_in_channel",
+        "token_revoked",
+    }
+)
+"""Slack Web API errors a retry cannot fix (``slack_refused``); any other is retried (``slack_error``)."""
 
 
 @dataclass(frozen=True)
@@ -34,14 +53,17 @@ class Outcome:
     error: str | None = None
     response: str | None = None
     retry_after_s: float | None = None
+    sent: bool = False
+    """Delivered without an HTTP status: an email the SMTP server accepted, or nothing to send."""
 
     @property
     def ok(self) -> bool:
-        return self.http_status is not None and 200 <= self.http_status < 300
+        return self.error is None and (self.sent or (self.http_status is not None and 200 <= self.http_status < 300))
 
     @property
     def permanent(self) -> bool:
-        return self.error in PERMANENT_ERRORS or self.http_status == 410
+        code = (self.error or "").split(":", 1)[0]
+        return code in PERMANENT_ERRORS or self.http_status == 410
 
 
 @functools.cache
@@ -70,6 +92,20 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
 
 
+def _slack_refusal(text: str) -> str | None:
+    """Slack's Web API answers errors with HTTP 200 and ``{"ok": false, "error": "..."}``: the
+    error as ours (``slack_refused: ...`` when no retry can fix it, else ``slack_error: ...``),
+    or None for a success (incoming webhooks answer a plain ``ok``)."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or body.get("ok") is not False:
+        return None
+    error = str(body.get("error") or "unknown")[:200]
+    return f"{'slack_refused' if error in SLACK_PERMANENT else 'slack_error'}: {error}"
+
+
 def delivery_send(
     claim: Claim,
     *,
@@ -80,6 +116,14 @@ def delivery_send(
     """POST one attempt. Never raises for network trouble: every failure is an ``Outcome`` with
     an ``error``. Must run outside any transaction (it may take up to the total timeout)."""
     message = claim.message
+    if message.settled is not None:
+        if message.settled.ok:
+            return Outcome(latency_ms=0, sent=True, response=message.settled.note)
+        return Outcome(latency_ms=0, error=message.settled.note)
+    if message.email is not None:
+        from webhooks.services.notify import email_send  # it builds on this module
+
+        return email_send(message.email)
     total = total_timeout_s if total_timeout_s is not None else settings.TIDEBASE_WEBHOOK_TIMEOUT_S
     connect = connect_timeout_s if connect_timeout_s is not None else settings.TIDEBASE_WEBHOOK_CONNECT_TIMEOUT_S
     started = time.monotonic()
@@ -103,6 +147,8 @@ def delivery_send(
         ),
         **dict(message.headers),
     }
+    if message.bearer:
+        headers["authorization"] = f"Bearer {message.bearer}"
     deadline = Deadline.after(total)
     transport = httpx.HTTPTransport(verify=_ssl_context(), retries=0)
     transport._pool = httpcore.ConnectionPool(
@@ -124,11 +170,13 @@ def delivery_send(
                 if size >= RESPONSE_READ_CAP:
                     break
             text = b"".join(chunks)[:RESPONSE_READ_CAP].decode("utf-8", errors="replace")
+            refused = _slack_refusal(text) if message.slack and response.is_success else None
             return Outcome(
                 latency_ms=elapsed(),
                 http_status=response.status_code,
                 response=text[:RESPONSE_EXCERPT_CHARS],
                 retry_after_s=None if response.is_success else _retry_after(response.headers.get("retry-after")),
+                error=refused,
             )
     except BlockedAddress:
         return Outcome(latency_ms=elapsed(), error="blocked_address")

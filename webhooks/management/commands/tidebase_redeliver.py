@@ -1,7 +1,7 @@
 """``manage.py tidebase_redeliver ID [ID ...]``: send dead-lettered webhooks again.
 
-The kind is inferred from the id prefix (``del_`` channel delivery, ``rec_`` recovery/invoke);
-``--all-failed`` redelivers every dead-lettered row."""
+The kind is inferred from the id prefix (``del_`` channel delivery, ``rec_`` recovery/invoke,
+``ntf_`` approval email or Slack message); ``--all-failed`` redelivers every dead-lettered row."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from tidebase_core.models import ChannelDelivery, DeliveryStatus, RecoveryAttempt
+from tidebase_core.models import ChannelDelivery, DeliveryStatus, Notification, RecoveryAttempt
 from webhooks import dispatch
 from webhooks.services.kinds import Kind
 from webhooks.services.redelivery import DeliveryNotFound, delivery_redeliver
@@ -21,11 +21,13 @@ def kind_of(delivery_id: str) -> Kind:
         return "channel"
     if delivery_id.startswith("rec_"):
         return "recovery"
-    raise CommandError(f"{delivery_id}: not a delivery id (del_…) or recovery attempt id (rec_…)")
+    if delivery_id.startswith("ntf_"):
+        return "notification"
+    raise CommandError(f"{delivery_id}: not a delivery (del_…), recovery attempt (rec_…) or notification (ntf_…) id")
 
 
 class Command(BaseCommand):
-    help = "Redeliver webhooks (channel deliveries del_… or recovery/invoke attempts rec_…)."
+    help = "Redeliver webhooks (channel deliveries del_…, recovery/invoke attempts rec_…, notifications ntf_…)."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("ids", nargs="*")
@@ -43,6 +45,10 @@ class Command(BaseCommand):
             targets += [
                 ("recovery", i)
                 for i in RecoveryAttempt.objects.filter(status=DeliveryStatus.FAILED).values_list("id", flat=True)
+            ]
+            targets += [
+                ("notification", i)
+                for i in Notification.objects.filter(status=DeliveryStatus.FAILED).values_list("id", flat=True)
             ]
         if not targets:
             raise CommandError("nothing to redeliver: pass ids or --all-failed")
