@@ -124,32 +124,11 @@ def _timeout_resolution(run_id: str, gate_id: str) -> dict[str, Any]:
 
 
 @transaction.atomic(durable=True)
-def gate_resolve(
-    *,
-    run_id: str,
-    gate_id: str,
-    decision: str,
-    token: str | None,
-    actor: str | None,
-    payload: Any,
-    decided_by: str,
-    require_token: bool,
-    channel: str | None = None,
-) -> Gate:
-    """Resolve a pending gate exactly once, in its own transaction, without consulting an
-    approval policy: for the server's own decisions (timeouts, budget limits raised). People
-    and keys decide through ``services.approvals.gate_decide``, which applies the gate's policy."""
-    return resolve_pending(
-        run_id=run_id,
-        gate_id=gate_id,
-        decision=decision,
-        token=token,
-        actor=actor,
-        payload=payload,
-        decided_by=decided_by,
-        require_token=require_token,
-        channel=channel,
-    )
+def gate_resolve(**fields: Any) -> Gate:
+    """``resolve_pending`` in its own transaction, without consulting an approval policy: for the
+    server's own decisions (timeouts, budget limits raised). People and keys decide through
+    ``services.approvals.gate_decide``, which applies the gate's policy."""
+    return resolve_pending(**fields)
 
 
 def resolve_pending(
