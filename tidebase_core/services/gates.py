@@ -94,7 +94,7 @@ def gate_insert(
         inline_channels=channels,
     )
     if policy is not None:
-        notifications.notify_gate(gate, "gate.created")
+        notifications.notify_gate(gate, "gate.created", policy=policy)
     return gate
 
 

@@ -86,15 +86,10 @@ class LinkOffer:
     tally: approvals.Tally
 
 
-def link_open(*, token: str, signed_in: Any) -> LinkOffer:
-    """Check a link as its POST will, without deciding (a GET; mail scanners prefetch links).
-
-    Raises, in this order: LinkInvalid (forged or mangled), LinkExpired, UserInactive (the
-    recipient is deactivated or gone), LinkOtherUser (someone else is signed in in this browser),
-    NotFound (the gate is gone), LinksNotAllowed (the gate's policy, as it is now, allows no
-    links), LinkUsed, GateAlreadyResolved, the policy's refusals of the recipient (NotAnApprover,
-    SelfApproval) and AlreadyVoted. A policy that requires a comment is not refused here: the
-    confirmation page asks for one."""
+def _link_target(*, token: str, signed_in: Any) -> tuple[LinkClaim, Gate, Any, ApprovalPolicy]:
+    """What a link is for, checked without reading the gate's state: LinkInvalid, LinkExpired,
+    UserInactive, LinkOtherUser, NotFound, LinksNotAllowed. The rest (used, decided, the policy's
+    refusals, already voted) ``gate_decide`` settles under the gate's lock."""
     try:
         claim = read_link(token)
     except signing.SignatureExpired as exc:
@@ -115,6 +110,19 @@ def link_open(*, token: str, signed_in: Any) -> LinkOffer:
     policy = ApprovalPolicy.objects.filter(id=gate.policy_id).first() if gate.policy_id else None
     if policy is None or not policy.email_links:
         raise LinksNotAllowed("the approval policy of this gate does not allow one-click links")
+    return claim, gate, user, policy
+
+
+def link_open(*, token: str, signed_in: Any) -> LinkOffer:
+    """Check a link as its POST will, without deciding (a GET; mail scanners prefetch links).
+
+    Raises, in this order: LinkInvalid (forged or mangled), LinkExpired, UserInactive (the
+    recipient is deactivated or gone), LinkOtherUser (someone else is signed in in this browser),
+    NotFound (the gate is gone), LinksNotAllowed (the gate's policy, as it is now, allows no
+    links), LinkUsed, GateAlreadyResolved, the policy's refusals of the recipient (NotAnApprover,
+    SelfApproval) and AlreadyVoted. A policy that requires a comment is not refused here: the
+    confirmation page asks for one."""
+    claim, gate, user, policy = _link_target(token=token, signed_in=signed_in)
     if UsedNonce.objects.filter(key=NONCE_PREFIX + claim.nonce).exists():
         raise LinkUsed("this link has already been used; links decide once")
     if gate.status != GateStatus.PENDING:
@@ -131,18 +139,21 @@ def link_open(*, token: str, signed_in: Any) -> LinkOffer:
 
 
 def link_decide(*, token: str, signed_in: Any, comment: str = "") -> approvals.Decision:
-    """Decide as the link's recipient (the confirmation page's POST): ``link_open``'s checks,
-    then ``gate_decide`` with the recipient as the voter (channel ``email``), which applies the
-    policy under the gate's lock and spends the link's nonce in the decision's transaction. A
+    """Decide as the link's recipient (the confirmation page's POST): what the link is for, then
+    ``gate_decide`` with the recipient as the voter (channel ``email``), which settles the rest
+    under the gate's lock, in ``link_open``'s order: it spends the link's nonce (LinkUsed), then
+    checks the gate is pending, the policy and the votes. Checking those here first would read
+    them outside the lock, and a POST racing a winner could see some before its commit and some
+    after (already voted, where every loser should hear "link used"). A
     refusal changes nothing and leaves the link usable; a second use raises LinkUsed (409)."""
-    offer = link_open(token=token, signed_in=signed_in)
+    claim, gate, user, _ = _link_target(token=token, signed_in=signed_in)
     comment = comment.strip()
     expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=settings.TIDEBASE_APPROVAL_LINK_TTL_S)
     return approvals.gate_decide(
-        run_id=offer.gate.run_id,
-        gate_id=offer.gate.id,
-        decision=offer.claim.decision,
-        voter=policies.voter_for_user(offer.user, channel=audit.EMAIL),
+        run_id=gate.run_id,
+        gate_id=gate.id,
+        decision=claim.decision,
+        voter=policies.voter_for_user(user, channel=audit.EMAIL),
         payload={"comment": comment} if comment else None,
-        nonce=(NONCE_PREFIX + offer.claim.nonce, expires),
+        nonce=(NONCE_PREFIX + claim.nonce, expires),
     )

@@ -38,10 +38,14 @@ def _members(groups: list[str]) -> list[Any]:
     )
 
 
-def notify_gate(gate: Gate, event_type: str, *, data: dict[str, Any] | None = None) -> list[str]:
+def notify_gate(
+    gate: Gate, event_type: str, *, policy: ApprovalPolicy | None = None, data: dict[str, Any] | None = None
+) -> list[str]:
     """Write the notifications of ``event_type`` for ``gate`` (inside the caller's transaction)
-    and hand them to the dispatcher after commit. Returns the new row ids."""
-    policy = ApprovalPolicy.objects.filter(id=gate.policy_id).first() if gate.policy_id else None
+    and hand them to the dispatcher after commit. Returns the new row ids. ``policy``: the gate's
+    policy when the caller holds it already (else it is read)."""
+    if policy is None and gate.policy_id:
+        policy = ApprovalPolicy.objects.filter(id=gate.policy_id).first()
     if policy is None:
         return []
     rows: list[Notification] = []

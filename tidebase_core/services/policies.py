@@ -74,7 +74,6 @@ class Voter:
     channel: str
     actor: str
     groups: frozenset[str] = field(default_factory=frozenset)
-    key_name: str | None = None
     via_token: bool = False
     user_id: int | None = None
     may_resolve: bool = True
@@ -113,7 +112,6 @@ def voter_for_principal(who: Principal, *, actor: str | None) -> Voter:
         identity=who.label,
         channel=channel,
         actor=actor or who.label,
-        key_name=who.name if who.kind in ("key", "env") else None,
     )
 
 
@@ -176,7 +174,7 @@ def refusal(
             return TokenNotAllowed(f"policy {policy.name!r} does not let a resolve token decide this gate")
     elif policy.approver_groups or policy.approver_keys:
         in_group = bool(voter.groups.intersection(policy.approver_groups))
-        listed_key = voter.key_name is not None and voter.identity in key_identities(policy.approver_keys)
+        listed_key = voter.identity in key_identities(policy.approver_keys)  # users are user:<name>
         if not (in_group or listed_key):
             whom = ", ".join([*policy.approver_groups, *(f"key {k}" for k in policy.approver_keys)])
             return NotAnApprover(f"policy {policy.name!r} lets only {whom} decide this gate")

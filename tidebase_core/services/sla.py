@@ -146,7 +146,7 @@ def sla_step(*, gate_id: str, step: SlaStep) -> Gate | None:
             audit_kind=audit.EXPIRY,
             audit_data={**entry, "expiryAction": policy.expiry_action},
         )
-    notifications.notify_gate(gate, step.event)
+    notifications.notify_gate(gate, step.event, policy=policy)
     if step is EXPIRE:
         entry["expiryAction"] = policy.expiry_action
     audit.audit_append(
